@@ -1,0 +1,338 @@
+"""The committed baseline file: format, keys, validation and atomic, merging writes.
+
+Layout (schema 1), keys sorted, one field a line, samples on one line so that a PR diff shows
+exactly which stage moved::
+
+    {
+      "about": "...",
+      "devices": {
+        "<device_key>": {
+          "reference": {<entry>},
+          "tests": {
+            "<test node id>": {
+              "<stage>": {<entry>}
+    ...
+      "schema": 1
+    }
+
+Times are milliseconds rounded to four significant digits.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+SCHEMA_VERSION = 1
+ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytest --llmcycle-update"
+#: Samples kept per entry: enough for a rank test, few enough to read in a diff.
+STORED_SAMPLES = 64
+SIG_DIGITS = 4
+
+
+class BaselineError(Exception):
+    """A baseline file that cannot be used; the message names the file and the fix."""
+
+
+def round_sig(x: float, digits: int = SIG_DIGITS) -> float:
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stage's stored measurement (milliseconds per ``unit``)."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    n: int
+    samples_ms: tuple
+    unit: str = "call"
+    cold_ms: float | None = None
+    env: Mapping[str, Any] = field(default_factory=dict)
+    counters: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "median_ms": round_sig(self.median_ms),
+            "q1_ms": round_sig(self.q1_ms),
+            "q3_ms": round_sig(self.q3_ms),
+            "n": int(self.n),
+            "samples_ms": [round_sig(s) for s in self.samples_ms],
+            "unit": self.unit,
+        }
+        if self.cold_ms is not None:
+            d["cold_ms"] = round_sig(self.cold_ms)
+        if self.env:
+            d["env"] = dict(self.env)
+        if self.counters:
+            d["counters"] = dict(self.counters)
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Entry":
+        known = {"median_ms", "q1_ms", "q3_ms", "n", "samples_ms", "unit", "cold_ms", "env", "counters"}
+        return cls(
+            median_ms=float(d["median_ms"]),
+            q1_ms=float(d.get("q1_ms", d["median_ms"])),
+            q3_ms=float(d.get("q3_ms", d["median_ms"])),
+            n=int(d.get("n", len(d["samples_ms"]))),
+            samples_ms=tuple(float(s) for s in d["samples_ms"]),
+            unit=str(d.get("unit", "call")),
+            cold_ms=float(d["cold_ms"]) if d.get("cold_ms") is not None else None,
+            env=dict(d.get("env", {})),
+            counters=dict(d.get("counters", {})),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Deterministic JSON: sorted keys, flat records and lists on one line, newline at end."""
+    return _dump(data, 0) + "\n"
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _dump(v: Any, depth: int) -> str:
+    if isinstance(v, Mapping):
+        if not v:
+            return "{}"
+        if all(_is_scalar(x) for x in v.values()):
+            return json.dumps(dict(sorted(v.items())), allow_nan=False, separators=(", ", ": "))
+        pad = "  " * (depth + 1)
+        items = [f"{pad}{json.dumps(k)}: {_dump(v[k], depth + 1)}" for k in sorted(v)]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    if isinstance(v, (list, tuple)):
+        if all(_is_scalar(x) for x in v):
+            return json.dumps(list(v), allow_nan=False, separators=(", ", ": "))
+        pad = "  " * (depth + 1)
+        return "[\n" + ",\n".join(pad + _dump(x, depth + 1) for x in v) + "\n" + "  " * depth + "]"
+    return json.dumps(v, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid time")
+
+
+def _fix_hint(path: Path) -> str:
+    return (
+        f"restore it from version control (git checkout -- {path}) or delete it and "
+        "re-record with --llmcycle-update"
+    )
+
+
+class Baselines:
+    """A validated, in-memory baseline file. Untouched entries round-trip unchanged."""
+
+    def __init__(self, path: Path, raw: dict | None = None) -> None:
+        self.path = Path(path)
+        self.raw: dict = raw if raw is not None else {"about": ABOUT, "devices": {}, "schema": SCHEMA_VERSION}
+
+    # ---- reading
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Baselines":
+        """Read and validate ``path``; a missing file is an empty baseline set."""
+        p = Path(path)
+        if not p.exists():
+            return cls(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BaselineError(f"cannot read baseline file {p}: {e}") from None
+        return cls.loads(text, p)
+
+    @classmethod
+    def loads(cls, text: str, path: Path) -> "Baselines":
+        if not text.strip():
+            raise BaselineError(f"baseline file {path} is empty (truncated?); {_fix_hint(path)}")
+        try:
+            raw = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as e:
+            raise BaselineError(
+                f"baseline file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                f"{_fix_hint(path)}"
+            ) from None
+        except (ValueError, RecursionError) as e:
+            raise BaselineError(f"baseline file {path} is not valid: {e}; {_fix_hint(path)}") from None
+        _validate(raw, path)
+        return cls(path, raw)
+
+    def devices(self) -> dict:
+        return self.raw.setdefault("devices", {})
+
+    def entry(self, device_key: str, nodeid: str, stage: str) -> Entry | None:
+        d = self.devices().get(device_key, {}).get("tests", {}).get(nodeid, {}).get(stage)
+        return Entry.from_json(d) if d is not None else None
+
+    def reference(self, device_key: str) -> Entry | None:
+        d = self.devices().get(device_key, {}).get("reference")
+        return Entry.from_json(d) if d is not None else None
+
+    def iter_entries(self) -> Iterator[tuple[str, str, str, Entry]]:
+        for key in sorted(self.devices()):
+            tests = self.devices()[key].get("tests", {})
+            for nodeid in sorted(tests):
+                for stage in sorted(tests[nodeid]):
+                    yield key, nodeid, stage, Entry.from_json(tests[nodeid][stage])
+
+    # ---- writing
+    def set_entry(self, device_key: str, nodeid: str, stage: str, entry: Entry) -> None:
+        dev = self.devices().setdefault(device_key, {})
+        dev.setdefault("tests", {}).setdefault(nodeid, {})[stage] = entry.to_json()
+
+    def set_reference(self, device_key: str, entry: Entry) -> None:
+        self.devices().setdefault(device_key, {})["reference"] = entry.to_json()
+
+    def remove_test(self, device_key: str, nodeid: str) -> bool:
+        tests = self.devices().get(device_key, {}).get("tests", {})
+        return tests.pop(nodeid, None) is not None
+
+    def dumps(self) -> str:
+        self.raw["schema"] = SCHEMA_VERSION
+        self.raw.setdefault("about", ABOUT)
+        return dumps(self.raw)
+
+
+def _validate(raw: Any, path: Path) -> None:
+    def bad(where: str, what: str) -> BaselineError:
+        return BaselineError(f"baseline file {path}: {where} {what}; fix or delete that entry, or {_fix_hint(path)}")
+
+    if not isinstance(raw, dict):
+        raise BaselineError(f"baseline file {path} is not a JSON object; {_fix_hint(path)}")
+    schema = raw.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise BaselineError(f"baseline file {path} has no integer 'schema' field; {_fix_hint(path)}")
+    if schema > SCHEMA_VERSION:
+        raise BaselineError(
+            f"baseline file {path} has schema {schema}, newer than this pytest-llmcycle reads "
+            f"({SCHEMA_VERSION}): upgrade pytest-llmcycle"
+        )
+    if schema < 1:
+        raise BaselineError(f"baseline file {path} has unknown schema {schema}; {_fix_hint(path)}")
+    devices = raw.get("devices", {})
+    if not isinstance(devices, dict):
+        raise bad("'devices'", "is not an object")
+    for key, dev in devices.items():
+        if not isinstance(dev, dict):
+            raise bad(f"devices.{key}", "is not an object")
+        if "reference" in dev:
+            _validate_entry(dev["reference"], f"devices.{key}.reference", bad)
+        tests = dev.get("tests", {})
+        if not isinstance(tests, dict):
+            raise bad(f"devices.{key}.tests", "is not an object")
+        for nodeid, stages in tests.items():
+            if not isinstance(stages, dict):
+                raise bad(f"devices.{key}.tests[{nodeid!r}]", "is not an object")
+            for stage, entry in stages.items():
+                _validate_entry(entry, f"devices.{key}.tests[{nodeid!r}].{stage}", bad)
+
+
+def _positive_time(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _validate_entry(entry: Any, where: str, bad) -> None:
+    if not isinstance(entry, dict):
+        raise bad(where, "is not an object")
+    if not _positive_time(entry.get("median_ms")):
+        raise bad(where, f"has median_ms={entry.get('median_ms')!r}, expected a positive number of milliseconds")
+    for k in ("q1_ms", "q3_ms", "cold_ms"):
+        if k in entry and entry[k] is not None and not (
+            isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool) and math.isfinite(entry[k]) and entry[k] >= 0
+        ):
+            raise bad(where, f"has {k}={entry[k]!r}, expected a non-negative number of milliseconds")
+    samples = entry.get("samples_ms")
+    if not isinstance(samples, list) or not samples:
+        raise bad(where, "has no 'samples_ms' list")
+    for s in samples:
+        if not _positive_time(s):
+            raise bad(where, f"has a sample {s!r} in samples_ms, expected positive milliseconds")
+    if "n" in entry and (not isinstance(entry["n"], int) or isinstance(entry["n"], bool) or entry["n"] < 1):
+        raise bad(where, f"has n={entry['n']!r}, expected a positive integer")
+    for k in ("env", "counters"):
+        if k in entry and not isinstance(entry[k], dict):
+            raise bad(where, f"has '{k}' that is not an object")
+    if "unit" in entry and not isinstance(entry["unit"], str):
+        raise bad(where, "has a 'unit' that is not a string")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def lock_path(path: Path) -> str:
+    """A lock file outside the repo, one per baseline file (keeps the work tree clean)."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"pytest-llmcycle-{digest}.lock")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def merge_into_file(
+    path: Path,
+    entries: list[tuple[str, str, str, Entry]],
+    references: Mapping[str, Entry] | None = None,
+    timeout_s: float = 60.0,
+) -> Baselines:
+    """Re-read ``path`` under an inter-process lock, apply ``entries``, write atomically.
+
+    Re-reading inside the lock keeps what other processes (xdist workers, a parallel job)
+    wrote since this run started. A file that fails validation is never overwritten.
+    """
+    from filelock import FileLock
+
+    with FileLock(lock_path(path), timeout=timeout_s):
+        current = Baselines.load(path)
+        for key, ref in (references or {}).items():
+            current.set_reference(key, ref)
+        for key, nodeid, stage, entry in entries:
+            current.set_entry(key, nodeid, stage, entry)
+        atomic_write_text(path, current.dumps())
+        return current

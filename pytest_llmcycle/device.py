@@ -1,0 +1,171 @@
+"""Which device a test times on, what it is called, and how to wait for it.
+
+Everything touching torch imports it inside the function: this module is imported by the
+plugin in every pytest run, including runs with no timing tests and no torch installed.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from typing import Any, Callable
+
+VALID_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def is_valid_device(spec: str) -> bool:
+    return spec in VALID_DEVICES or re.fullmatch(r"cuda:\d+", spec) is not None
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_device(spec: str) -> str:
+    """Canonical device string for ``spec`` ("auto" picks CUDA, else MPS, else CPU).
+
+    Raises ``ValueError`` with a user-facing reason when the device is not usable here.
+    """
+    if spec == "cpu":
+        return "cpu"
+    if not torch_available():
+        if spec == "auto":
+            return "cpu"
+        raise ValueError(f"device {spec!r} needs torch, which is not installed")
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.current_device()}"
+        if _mps_available():
+            return "mps"
+        return "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but torch.cuda.is_available() is False")
+        index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return f"cuda:{index}"
+    if spec == "mps":
+        if not _mps_available():
+            raise ValueError("device 'mps' requested but torch.backends.mps.is_available() is False")
+        return "mps"
+    raise ValueError(f"unknown device {spec!r}; use one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def device_kind(device: str) -> str:
+    return device.split(":")[0]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            import subprocess
+
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_name(device: str) -> str:
+    kind = device_kind(device)
+    if kind == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    if kind == "mps":
+        return f"Apple {cpu_model()}"
+    return cpu_model()
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"\(r\)|\(tm\)|cpu @.*$", "", text.lower())
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    return s or "unknown"
+
+
+def default_device_key(device: str) -> str:
+    """``cpu-<model>`` or ``cuda-<gpu name>``: identical runners share a key.
+
+    The thread count and library versions are not part of the key; they are checked with
+    each entry, so a changed environment reads as "not comparable" rather than as "new".
+    """
+    return f"{device_kind(device)}-{slug(device_name(device))}"
+
+
+def default_threads() -> int:
+    """Half the visible cores, at least one: leaves a core for the OS and the test runner."""
+    try:
+        n = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, n // 2)
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    """A callable that blocks until all queued work on ``device`` has finished."""
+    kind = device_kind(device)
+    if kind == "cuda":
+        import torch
+
+        dev = torch.device(device)
+        return lambda: torch.cuda.synchronize(dev)
+    if kind == "mps":
+        import torch
+
+        return torch.mps.synchronize
+    return _no_sync
+
+
+def _no_sync() -> None:
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose upgrades move latency; only those already imported.
+
+    Reading ``sys.modules`` (not importing) keeps a pure-Python stage free of torch.
+    """
+    out: dict[str, str] = {}
+    for name in ("torch", "transformers"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = str(getattr(mod, "__version__", "unknown"))
+    return out
+
+
+def dtype_of(fn: Any) -> str | None:
+    """The parameter dtype of a module (or a bound method of one), else None."""
+    target = getattr(fn, "__self__", fn)
+    params = getattr(target, "parameters", None)
+    if callable(params):
+        try:
+            first = next(iter(params()))
+        except (StopIteration, TypeError):
+            return None
+        return str(first.dtype).replace("torch.", "")
+    return None

@@ -1,0 +1,278 @@
+"""The ``llmcycle`` fixture object: times a test's stages and judges each against its baseline.
+
+It orchestrates (timer -> verdict -> re-measure -> result); the timing, statistics, storage
+and rendering live in their own modules.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Callable, Iterator
+
+from . import device as devmod
+from . import verdict as vd
+from .baseline import Entry
+from .config import Settings
+from .results import COLD, CYCLE, STAGE, StageResult
+from .session import RunState, entry_from_samples, ns_to_ms
+from .timing import Measurement, pinned_threads, time_callable
+
+#: a block-form stage needs this many runs to be split into a measure and a confirming half
+BLOCK_MIN_SAMPLES = 10
+#: outcomes whose entries --llmcycle-update rewrites (an "ok" entry stays, so diffs stay small)
+CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
+
+
+class LLMCycle:
+    """Times the stages of one inference cycle in one test.
+
+    ``measure(stage, fn)`` repeats a callable; ``with stage(name):`` times a block once per
+    entry (run it in a loop for several samples). Each stage is compared with its baseline
+    as soon as it is measured; the test fails after its body, with all stages' verdicts.
+    """
+
+    def __init__(self, run: RunState, nodeid: str, settings: Settings) -> None:
+        self._run = run
+        self.nodeid = nodeid
+        self.settings = settings
+        self.results: list[StageResult] = []
+        self._weights: dict[str, float] = {}
+        self._final_samples: dict[str, list[float]] = {}
+        self._blocks: dict[str, list[float]] = {}
+        self._block_dtype: dict[str, str | None] = {}
+        self._machine_factor: float | None = None
+        self._entries: list[tuple[str, Entry]] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> Any:
+        """The device stages run on (``torch.device``; "cpu" if torch is absent)."""
+        if devmod.torch_available():
+            import torch
+
+            return torch.device(self._run.device)
+        return self._run.device
+
+    @property
+    def device_key(self) -> str:
+        return self._run.device_key
+
+    @property
+    def threads(self) -> int:
+        return self._run.threads
+
+    def environment(self, dtype: str | None = None) -> dict:
+        env: dict[str, Any] = {"threads": self.threads, "device_name": devmod.device_name(self._run.device)}
+        env.update(devmod.library_versions())
+        if dtype is None and "torch" in devmod.library_versions():
+            import torch
+
+            dtype = str(torch.get_default_dtype()).replace("torch.", "")
+        if dtype:
+            env["dtype"] = dtype
+        return env
+
+    # ------------------------------------------------------------------ timing
+    def measure(self, stage: str, fn: Callable[[], Any], *, dtype: str | None = None, cycle: bool = True) -> StageResult:
+        """Time ``fn()`` (warm-up, adaptive rounds, device sync) as ``stage`` and judge it."""
+        self._check_stage(stage)
+        policy = self.settings.timing_policy()
+        dev = self._run.device
+
+        def take() -> Measurement:
+            with pinned_threads(self.threads):
+                return time_callable(fn, dev, policy)
+
+        return self.record(stage, take(), remeasure=take, dtype=dtype or devmod.dtype_of(fn), cycle_weight=1.0 if cycle else 0.0)
+
+    @contextmanager
+    def stage(self, name: str, *, dtype: str | None = None) -> Iterator[None]:
+        """Time one run of the block (device synchronized before and after).
+
+        Run the block at least 10 times (a loop) for it to be gated: the first half of the
+        samples is the measurement and the second half its confirming re-measure.
+        """
+        if name in self._weights and name not in self._blocks:
+            raise ValueError(f"stage {name!r} was already measured with measure() in this test")
+        sync = devmod.synchronizer(self._run.device)
+        with pinned_threads(self.threads):
+            sync()
+            t0 = time.perf_counter_ns()
+            yield
+            sync()
+            elapsed = time.perf_counter_ns() - t0
+        self._blocks.setdefault(name, []).append(float(elapsed))
+        self._block_dtype[name] = dtype
+
+    def record(
+        self,
+        stage: str,
+        measurement: Measurement,
+        *,
+        remeasure: Callable[[], Measurement] | None = None,
+        dtype: str | None = None,
+        cycle_weight: float = 1.0,
+        counters: dict | None = None,
+    ) -> StageResult:
+        """Judge an already-taken measurement; the entry point for helpers with their own timers.
+
+        ``remeasure`` is called for a confirming measurement when the first one looks like a
+        regression. ``cycle_weight`` is how many of the stage's units one cycle contains
+        (1 for a call, the number of new tokens for per-token decode, 0 to leave it out).
+        """
+        self._check_stage(stage)
+        run, s = self._run, self.settings
+        entry = self._baseline(stage)
+        env = self.environment(dtype)
+        mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
+        base = list(entry.samples_ms) if entry else None
+        cur = ns_to_ms(measurement.samples_ns)
+        v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
+        if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
+            self._machine_factor = run.machine_factor()
+            v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch)
+        final = measurement
+        remeasured = None
+        if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update:
+            second = remeasure()
+            if s.machine_check:
+                self._machine_factor = run.machine_factor()
+            v2 = vd.judge(base, ns_to_ms(second.samples_ns), s.threshold, s.alpha, self._machine_factor, mismatch)
+            v = vd.confirm(v, v2)
+            final, remeasured = second, second
+        elif v.outcome == vd.REGRESSED and not s.update and remeasure is None:
+            v = replace(v, outcome=vd.INCONCLUSIVE, reason=v.reason + "; no re-measure possible, not gated")
+        return self._store(stage, final, entry, env, v, measurement, remeasured, cycle_weight, counters)
+
+    # ------------------------------------------------------------------ internals
+    def _check_stage(self, stage: str) -> None:
+        if not isinstance(stage, str) or not stage.strip():
+            raise ValueError(f"stage name must be a non-empty string, got {stage!r}")
+        if stage in self._weights:
+            raise ValueError(f"stage {stage!r} was already measured in this test; give each stage its own name")
+
+    def _baseline(self, stage: str) -> Entry | None:
+        return self._run.load_baselines().entry(self.device_key, self.nodeid, stage)
+
+    def _store(self, stage, final, entry, env, v, first, remeasured, weight, counters) -> StageResult:
+        samples = ns_to_ms(final.samples_ns)
+        e = entry_from_samples(samples, final.unit, first.cold_ns / 1e6 if first.cold_ns else None, env, counters)
+        r = StageResult(
+            nodeid=self.nodeid,
+            stage=stage,
+            device_key=self.device_key,
+            verdict=v,
+            unit=final.unit,
+            median_ms=e.median_ms,
+            q1_ms=e.q1_ms,
+            q3_ms=e.q3_ms,
+            n=e.n,
+            baseline=entry,
+            cold_ms=e.cold_ms,
+            remeasure_median_ms=(ns_to_ms([remeasured.median_ns])[0] if remeasured else None),
+            spent_s=first.spent_s + (remeasured.spent_s if remeasured else 0.0),
+            samples_ms=e.samples_ms,
+            env=env,
+            counters=dict(counters or {}),
+        )
+        self.results.append(r)
+        self._weights[stage] = weight
+        self._final_samples[stage] = samples
+        self._entries.append((stage, e))
+        return r
+
+    def _finish_blocks(self) -> None:
+        s = self.settings
+        for name, samples_ns in self._blocks.items():
+            m = Measurement(samples_ns=tuple(samples_ns), unit="call", rounds=len(samples_ns), spent_s=sum(samples_ns) / 1e9)
+            entry = self._baseline(name)
+            env = self.environment(self._block_dtype.get(name))
+            mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
+            base = list(entry.samples_ms) if entry else None
+            cur = ns_to_ms(samples_ns)
+            v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
+            if v.outcome == vd.REGRESSED and not s.update:
+                if len(cur) < BLOCK_MIN_SAMPLES:
+                    v = replace(
+                        v,
+                        outcome=vd.INCONCLUSIVE,
+                        reason=v.reason + f"; only {len(cur)} run(s) of the block, {BLOCK_MIN_SAMPLES} needed to confirm: not gated",
+                    )
+                else:
+                    half = len(cur) // 2
+                    first = vd.judge(base, cur[:half], s.threshold, s.alpha, None, mismatch)
+                    second = vd.judge(base, cur[half:], s.threshold, s.alpha, None, mismatch)
+                    # the halves play measurement and re-measure: both must regress
+                    v = vd.confirm(first, second) if first.outcome == vd.REGRESSED else vd.confirm(v, first)
+            self._store(name, m, entry, env, v, m, None, 1.0, None)
+
+    def _finish_cycle(self) -> None:
+        stages = [r for r in self.results if r.kind == STAGE and self._weights.get(r.stage, 0) > 0]
+        if len(stages) < 2:
+            return
+        total = sum(self._weights[r.stage] * (r.median_ms or 0) for r in stages)
+        weights = [self._weights[r.stage] for r in stages]
+        judged = all(r.baseline is not None and r.outcome != vd.NOT_COMPARABLE for r in stages)
+        if judged:
+            s = self.settings
+            v = vd.judge_cycle(
+                [list(r.baseline.samples_ms) for r in stages],  # type: ignore[union-attr]
+                [self._final_samples[r.stage] for r in stages],
+                weights,
+                s.threshold,
+                s.alpha,
+                self._machine_factor,
+            )
+            base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
+            base_entry = Entry(base_total, base_total, base_total, 1, (base_total,))
+        else:
+            v = vd.Verdict(vd.NEW, self.settings.threshold, self.settings.threshold, reason="not every stage has a comparable baseline")
+            base_entry = None
+        terms = " + ".join(r.stage if self._weights[r.stage] == 1 else f"{self._weights[r.stage]:g}*{r.stage}" for r in stages)
+        self.results.append(
+            StageResult(
+                nodeid=self.nodeid,
+                stage=f"T = {terms}",
+                device_key=self.device_key,
+                verdict=v,
+                kind=CYCLE,
+                median_ms=total,
+                baseline=base_entry,
+                n=min(r.n for r in stages),
+            )
+        )
+
+    def finish(self) -> list[StageResult]:
+        """Judge block stages and the cycle; queue updates. Returns the rows that fail the test."""
+        self._finish_blocks()
+        self._finish_cycle()
+        s = self.settings
+        rows: list[StageResult] = []
+        for r in self.results:
+            rows.append(r)
+            if r.kind == STAGE and r.cold_ms is not None:
+                rows.append(
+                    replace(
+                        r,
+                        kind=COLD,
+                        verdict=vd.Verdict("info", s.threshold, s.threshold, reason="first call: compilation and first-touch costs, never gated"),
+                        median_ms=r.cold_ms,
+                        baseline=None,
+                        n=1,
+                    )
+                )
+        if s.update:
+            entries = dict(self._entries)
+            for i, r in enumerate(rows):
+                if r.kind == STAGE and (s.update_all or r.outcome in CHANGED):
+                    self._run.pending.append((self.device_key, self.nodeid, r.stage, entries[r.stage]))
+                    rows[i] = replace(r, updated=True)
+        self.results = rows
+        self._run.results.extend(rows)
+        if s.update:
+            return []
+        failing = [r for r in rows if r.outcome == vd.REGRESSED]
+        if s.strict:
+            failing += [r for r in rows if r.kind == STAGE and r.outcome in (vd.NEW, vd.NOT_COMPARABLE)]
+        return failing

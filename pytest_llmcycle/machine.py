@@ -1,0 +1,58 @@
+"""The reference workload: a fixed computation timed to tell how fast the machine is now.
+
+Its median is stored with the baselines of each device key. When a stage looks slower, the
+reference is timed again; if it got slower too, the machine (a noisy neighbour, a slower
+runner of the same class) moved, not the code, and the verdict normalises or abstains.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .device import device_kind
+from .timing import Measurement, TimingPolicy, time_callable
+
+#: Bump when the workload changes: a stored reference of another workload is ignored.
+WORKLOAD = "matmul-mlp-v1"
+POLICY = TimingPolicy(budget_s=0.3, min_rounds=15, warmup_rounds=3, precision=0.003)
+
+
+def _torch_workload(device: str) -> Callable[[], object]:
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    if device_kind(device) == "cpu":
+        n, hidden = 64, 256
+    else:
+        n, hidden = 2048, 4096
+    x = torch.randn(n, hidden, generator=g).to(device)
+    w1 = torch.randn(hidden, 2 * hidden, generator=g).to(device) / hidden**0.5
+    w2 = torch.randn(2 * hidden, hidden, generator=g).to(device) / hidden**0.5
+
+    def run() -> object:
+        # matmul + activation + norm: the mix a transformer block spends its time on
+        h = torch.nn.functional.gelu(x @ w1) @ w2
+        return torch.nn.functional.layer_norm(h, (hidden,))
+
+    return run
+
+
+def _python_workload() -> object:
+    total = 0
+    for i in range(20_000):
+        total += i * i % 7
+    return total
+
+
+def measure_reference(device: str, clock=None) -> Measurement:
+    """Time the reference workload on ``device`` (with torch if the test imported it)."""
+    if "torch" in sys.modules:
+        fn = _torch_workload(device)
+    else:
+        fn = _python_workload
+    kwargs = {"clock": clock} if clock is not None else {}
+    return time_callable(fn, device, POLICY, **kwargs)
+
+
+def workload_name() -> str:
+    return WORKLOAD + ("-torch" if "torch" in sys.modules else "-python")

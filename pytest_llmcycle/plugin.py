@@ -1,0 +1,196 @@
+"""pytest hooks, options, the ``llmcycle`` marker and fixture. Thin: the work is elsewhere.
+
+Imports only the standard library and pytest at module level: this module loads in every
+pytest run of a user's repo, and torch, numpy and transformers load only when a test times
+something.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .config import MARKER_ARGS, SettingError, Settings, for_marker, resolve
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+RUN_KEY = pytest.StashKey[Any]()  # RunState, created when the first timing test is collected
+FIXTURE_KEY = pytest.StashKey[Any]()  # the test's LLMCycle object
+
+# (setting, flag, ini help, metavar/action)
+_OPTIONS = [
+    ("baseline", "--llmcycle-baseline", "baseline JSON file, relative to the rootdir (default: .llmcycle/baselines.json)", "PATH"),
+    ("threshold", "--llmcycle-threshold", "slowdown that fails a stage, as a fraction (default: 0.10 = 10%)", "FRACTION"),
+    ("alpha", "--llmcycle-alpha", "significance level of the regression test (default: 0.01)", "P"),
+    ("budget_s", "--llmcycle-budget", "time budget per stage measurement in seconds (default: 1.0)", "SECONDS"),
+    ("min_rounds", "--llmcycle-min-rounds", "fewest timed rounds per stage, even past the budget (default: 10)", "N"),
+    ("device", "--llmcycle-device", "device to time on: auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, else MPS, else CPU)", "DEVICE"),
+    ("device_key", "--llmcycle-device-key", "name baselines are stored under, e.g. one name for a fleet of identical CI runners (default: device kind and model)", "KEY"),
+    ("threads", "--llmcycle-threads", "torch CPU threads while timing (default: half the cores)", "N"),
+]
+_FLAGS = [
+    ("update", "--llmcycle-update", "record baselines for new and changed stages (unchanged entries stay as they are)"),
+    ("update_all", "--llmcycle-update-all", "re-record every measured stage's baseline"),
+    ("strict", "--llmcycle-strict", "fail stages that have no usable baseline"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmcycle", "LLM latency regression tests (pytest-llmcycle)")
+    for name, flag, help_text, metavar in _OPTIONS:
+        group.addoption(flag, dest=f"llmcycle_{name}", metavar=metavar, default=None, help=help_text)
+        parser.addini(f"llmcycle_{name}", help_text, default=None)
+    for name, flag, help_text in _FLAGS:
+        group.addoption(flag, dest=f"llmcycle_{name}", action="store_true", default=None, help=help_text)
+    parser.addini("llmcycle_strict", "fail stages that have no usable baseline", type="bool", default=False)
+    group.addoption("--llmcycle-skip", action="store_true", default=False, help="deselect timing tests (tests using llmcycle)")
+    group.addoption("--llmcycle-only", action="store_true", default=False, help="run only timing tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "llmcycle(" + ", ".join(f"{a}=..." for a in MARKER_ARGS) + "): a latency test; per-test "
+        "overrides of the llmcycle settings (threshold is a fraction, budget in seconds)",
+    )
+    cli = {name: config.getoption(f"llmcycle_{name}") for name, *_ in _OPTIONS + _FLAGS}
+    ini = {name: config.getini(f"llmcycle_{name}") for name, *_ in _OPTIONS}
+    ini["strict"] = config.getini("llmcycle_strict")
+    try:
+        settings = resolve(cli, ini)
+    except SettingError as e:
+        raise pytest.UsageError(str(e)) from None
+    if settings.update_all:
+        from dataclasses import replace
+
+        settings = replace(settings, update=True)
+    if config.getoption("llmcycle_skip") and config.getoption("llmcycle_only"):
+        raise pytest.UsageError("--llmcycle-skip and --llmcycle-only exclude each other; give one")
+    config.stash[SETTINGS_KEY] = settings
+
+
+def is_timing_test(item: pytest.Item) -> bool:
+    return item.get_closest_marker("llmcycle") is not None or "llmcycle" in getattr(item, "fixturenames", ())
+
+
+def item_settings(item: pytest.Item) -> Settings:
+    settings = item.config.stash[SETTINGS_KEY]
+    marker = item.get_closest_marker("llmcycle")
+    if marker is None:
+        return settings
+    if marker.args:
+        raise SettingError(f"{item.nodeid}: @pytest.mark.llmcycle takes keyword arguments only, e.g. threshold=0.1")
+    return for_marker(settings, marker.kwargs, item.nodeid)
+
+
+def get_run(config: pytest.Config) -> Any:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        from .session import RunState
+
+        run = RunState(config.stash[SETTINGS_KEY], config.rootpath)
+        config.stash[RUN_KEY] = run
+    return run
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    skip, only = config.getoption("llmcycle_skip"), config.getoption("llmcycle_only")
+    if skip or only:
+        keep = [i for i in items if is_timing_test(i) != bool(skip)]
+        dropped = [i for i in items if is_timing_test(i) == bool(skip)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+    timing = [i for i in items if is_timing_test(i)]
+    if not timing:
+        return
+    try:
+        for item in timing:
+            item_settings(item)
+    except SettingError as e:
+        raise pytest.UsageError(str(e)) from None
+    prepare_run(config)
+
+
+def prepare_run(config: pytest.Config) -> Any:
+    """Resolve the device and load the baselines once, before any test runs, failing clearly."""
+    from .baseline import BaselineError
+
+    run = get_run(config)
+    try:
+        run.load_baselines()
+    except BaselineError as e:
+        raise pytest.UsageError(str(e)) from None
+    try:
+        run.device  # noqa: B018 - resolve now so a bad --llmcycle-device fails before the run
+    except ValueError as e:
+        raise pytest.UsageError(f"--llmcycle-device: {e}") from None
+    if run.settings.update:
+        problem = run.check_writable()
+        if problem:
+            raise pytest.UsageError(f"{problem}; choose another location with --llmcycle-baseline")
+    return run
+
+
+@pytest.fixture
+def llmcycle(request: pytest.FixtureRequest) -> Any:
+    """Times the stages of an inference cycle and compares them with committed baselines."""
+    from .fixture import LLMCycle
+
+    try:
+        settings = item_settings(request.node)
+    except SettingError as e:
+        raise pytest.UsageError(str(e)) from None
+    obj = LLMCycle(prepare_run(request.config), request.node.nodeid, settings)
+    request.node.stash[FIXTURE_KEY] = obj
+    return obj
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    # Judged inside the call phase, so a regression fails *this* item (JUnit, -x, --lf see it).
+    result = yield
+    obj = item.stash.get(FIXTURE_KEY, None)
+    if obj is None:
+        return result
+    failing = obj.finish()
+    for r in obj.results:
+        item.user_properties.append((f"llmcycle:{r.label}", f"{r.outcome} {r.median_ms}"))
+    if failing:
+        from .report import failure_message
+
+        pytest.fail(failure_message(failing), pytrace=False)
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None or not run.pending:
+        return
+    from .baseline import BaselineError
+
+    try:
+        run.write_updates()
+    except (OSError, BaselineError) as e:
+        run.write_error = f"baselines NOT written: {e}"
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    except Exception as e:  # filelock.Timeout and friends: say it, don't crash the summary
+        run.write_error = f"baselines NOT written: {type(e).__name__}: {e}"
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or not (run.results or getattr(run, "write_error", None)):
+        return
+    from .report import terminal_table
+
+    tr = terminalreporter
+    tr.write_sep("-", f"llmcycle: {run.device_key}, {run.threads} thread(s)")
+    if run.results:
+        tr.write_line(terminal_table(run.results))
+    if any(r.verdict.normalised for r in run.results):
+        tr.write_line("* normalised by the machine's speed (reference workload) since the baseline was recorded")
+    if run.written:
+        tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {run.baseline_path}")
+    if getattr(run, "write_error", None):
+        tr.write_line(f"llmcycle: {run.write_error}", red=True)

@@ -1,0 +1,120 @@
+"""Rendering only: terminal table and failure messages from StageResult records."""
+from __future__ import annotations
+
+import shlex
+from typing import Iterable, Sequence
+
+from . import verdict as vd
+from .results import COLD, CYCLE, StageResult
+
+_ORDER = {o: i for i, o in enumerate(vd.OUTCOMES)}
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s"
+    if ms >= 1:
+        return f"{ms:.3g} ms"
+    return f"{ms * 1000:.3g} us"
+
+
+def fmt_change(v: vd.Verdict) -> str:
+    if v.change is None:
+        return "-"
+    return f"{v.change * 100:+.1f}%"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.2g}"
+
+
+def sort_rows(results: Iterable[StageResult]) -> list[StageResult]:
+    """Regressions first; a test's rows stay together in measured order within a group."""
+    results = list(results)
+    worst: dict[str, int] = {}
+    for r in results:
+        worst[r.nodeid] = min(worst.get(r.nodeid, 99), _ORDER.get(r.outcome, 98))
+    first_seen = {}
+    for i, r in enumerate(results):
+        first_seen.setdefault(r.nodeid, i)
+    return sorted(results, key=lambda r: (worst[r.nodeid], first_seen[r.nodeid]))
+
+
+def verdict_cell(r: StageResult) -> str:
+    text = r.outcome
+    if r.kind == COLD:
+        text = "not gated"
+    if r.updated:
+        text += " (updated)"
+    if r.verdict.normalised:
+        text += " *"
+    return text
+
+
+def table_rows(results: Sequence[StageResult]) -> list[list[str]]:
+    rows = []
+    for r in sort_rows(results):
+        unit = "" if r.unit == "call" else f"/{r.unit}"
+        rows.append(
+            [
+                r.nodeid,
+                r.label,
+                fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else ""),
+                fmt_ms(r.median_ms) + unit,
+                fmt_change(r.verdict),
+                verdict_cell(r),
+            ]
+        )
+    return rows
+
+
+HEADERS = ["test", "stage", "baseline", "current", "change", "verdict"]
+
+
+def terminal_table(results: Sequence[StageResult]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(table_rows(results), headers=HEADERS, tablefmt="simple", disable_numparse=True)
+
+
+def accept_command(nodeids: Iterable[str]) -> str:
+    ids = " ".join(shlex.quote(n) for n in sorted(set(nodeids)))
+    return f"pytest {ids} --llmcycle-update"
+
+
+def failure_message(rows: Sequence[StageResult]) -> str:
+    """The failing test's message: one block per failing row, then the command to accept."""
+    out = []
+    for r in rows:
+        v = r.verdict
+        unit = "" if r.unit == "call" else f" per {r.unit}"
+        if v.outcome in (vd.NEW, vd.NOT_COMPARABLE):
+            out.append(
+                f"llmcycle: stage {r.stage!r} on {r.device_key} has no usable baseline "
+                f"({v.outcome}: {v.reason}) and --llmcycle-strict is set"
+            )
+            continue
+        what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
+        out.append(f"llmcycle: {what} regressed on {r.device_key}")
+        b = r.baseline
+        if b is not None:
+            spread = f" (IQR {fmt_ms(b.q1_ms)} .. {fmt_ms(b.q3_ms)}, n={b.n})" if r.kind != CYCLE else ""
+            out.append(f"  baseline  {fmt_ms(b.median_ms)}{unit}{spread}")
+        spread = f" (IQR {fmt_ms(r.q1_ms)} .. {fmt_ms(r.q3_ms)}, n={r.n})" if r.kind != CYCLE else ""
+        remeasure = f"; first measurement {v.first_ratio - 1:+.1%}, confirmed by a re-measure" if v.first_ratio else ""
+        out.append(f"  current   {fmt_ms(r.median_ms)}{unit}{spread}{remeasure}")
+        ci = f" (95% CI {v.ci[0] - 1:+.1%} .. {v.ci[1] - 1:+.1%})" if v.ci else ""
+        test = "Mann-Whitney U" if r.kind != CYCLE else "bootstrap"
+        conf = f", {test} p={fmt_p(v.p_value)} (confidence {v.confidence:.2%})" if v.p_value is not None else ""
+        thr = f"threshold {v.threshold:.0%}"
+        if v.effective_threshold > v.threshold:
+            thr += f" (gated at {v.effective_threshold:.1%}: the stage's own noise is wider)"
+        out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}")
+        if v.machine_factor is not None:
+            out.append(f"  machine   {vd.machine_note(v.machine_factor)}")
+    out.append(f"  to accept the new numbers: {accept_command(r.nodeid for r in rows)}")
+    return "\n".join(out)

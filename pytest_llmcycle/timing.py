@@ -1,0 +1,200 @@
+"""Clocks, device synchronization, warm-up and adaptive rounds.
+
+Data flows one way: a round function is run under a :class:`TimingPolicy` and produces a
+:class:`Measurement` (raw samples plus how they were taken). Nothing here judges or renders.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, List
+
+from . import stats
+from .device import device_kind, synchronizer
+
+Clock = Callable[[], int]
+#: One round: runs the workload and returns one or more samples in nanoseconds
+#: (one per call, or one per generated token).
+RoundFn = Callable[[], List[float]]
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long and how often a stage is run. Resolved from options, ini and marker."""
+
+    budget_s: float = 1.0
+    min_rounds: int = 10
+    max_rounds: int = 10_000
+    warmup_rounds: int = 2
+    warmup_fraction: float = 0.1
+    #: stop early once the 95 % CI of the median is within +-precision of it
+    precision: float = 0.005
+    #: calls shorter than this are batched so clock overhead stays below ~0.1 %
+    min_sample_s: float = 100e-6
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Samples of one stage, in nanoseconds per ``unit`` ("call" or "token")."""
+
+    samples_ns: tuple
+    unit: str = "call"
+    cold_ns: float | None = None
+    rounds: int = 0
+    number: int = 1
+    warmup_rounds: int = 0
+    spent_s: float = 0.0
+    stopped_by: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def summary(self) -> stats.Summary:
+        return stats.summarize(self.samples_ns)
+
+    @property
+    def median_ns(self) -> float:
+        return self.summary.median
+
+
+def call_round(fn: Callable[[], Any], sync: Callable[[], None], clock: Clock, number: int = 1) -> RoundFn:
+    """Wall-clock round: synchronize, run ``number`` calls, synchronize, divide."""
+
+    def run() -> List[float]:
+        sync()
+        t0 = clock()
+        for _ in range(number):
+            fn()
+        sync()
+        return [(clock() - t0) / number]
+
+    return run
+
+
+def cuda_event_round(fn: Callable[[], Any], device: str, number: int = 1) -> RoundFn:
+    """CUDA round timed by device events, so queued kernels are counted, not just launches."""
+    import torch
+
+    dev = torch.device(device)
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+
+    def run() -> List[float]:
+        torch.cuda.synchronize(dev)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return [start.elapsed_time(end) * 1e6 / number]
+
+    return run
+
+
+def make_round(fn: Callable[[], Any], device: str, clock: Clock, number: int = 1) -> RoundFn:
+    if device_kind(device) == "cuda" and clock is time.perf_counter_ns:
+        return cuda_event_round(fn, device, number)
+    return call_round(fn, synchronizer(device), clock, number)
+
+
+def run_rounds(
+    round_fn: RoundFn,
+    policy: TimingPolicy,
+    clock: Clock = time.perf_counter_ns,
+    unit: str = "call",
+    number: int = 1,
+    cold_ns: float | None = None,
+    warmup_rounds: int = 0,
+) -> Measurement:
+    """Warm up, then repeat ``round_fn`` until the budget is spent or the median is precise.
+
+    At least ``min_rounds`` rounds are always taken, so a 100 ms stage with a 1 s budget still
+    gets ten samples; a ms-scale stage stops within the budget, earlier when it is stable.
+    """
+    start = clock()
+    warm_deadline = start + policy.warmup_fraction * policy.budget_s * 1e9
+    warm = 0
+    while warm < policy.warmup_rounds or clock() < warm_deadline:
+        round_fn()
+        warm += 1
+        if warm >= 1000:
+            break
+    measure_start = clock()
+    deadline = measure_start + policy.budget_s * 1e9
+    samples: list[float] = []
+    rounds = 0
+    next_check = policy.min_rounds
+    stopped_by = "max_rounds"
+    while rounds < policy.max_rounds:
+        samples.extend(round_fn())
+        rounds += 1
+        if rounds < policy.min_rounds:
+            continue
+        if clock() >= deadline:
+            stopped_by = "budget"
+            break
+        if rounds >= next_check:
+            # Checking precision costs a sort; doing it on a geometric schedule keeps it cheap.
+            next_check = int(math.ceil(rounds * 1.25))
+            if stats.median_ci_halfwidth(samples) <= policy.precision:
+                stopped_by = "precision"
+                break
+    return Measurement(
+        samples_ns=tuple(samples),
+        unit=unit,
+        cold_ns=cold_ns,
+        rounds=rounds,
+        number=number,
+        warmup_rounds=warmup_rounds + warm,
+        spent_s=(clock() - start) / 1e9,
+        stopped_by=stopped_by,
+    )
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    device: str,
+    policy: TimingPolicy,
+    clock: Clock = time.perf_counter_ns,
+) -> Measurement:
+    """Time ``fn``: a cold first call on its own, then calibrated, warmed-up rounds."""
+    sync = synchronizer(device)
+    # The cold call includes compilation, lazy init and allocator first-touch: reported, never gated.
+    sync()
+    t0 = clock()
+    fn()
+    sync()
+    cold = float(clock() - t0)
+    # A second call sizes the batch: first-call costs would make it too small.
+    sync()
+    t0 = clock()
+    fn()
+    sync()
+    one = max(float(clock() - t0), 1.0)
+    number = 1
+    if one < policy.min_sample_s * 1e9:
+        number = int(min(10_000, math.ceil(policy.min_sample_s * 1e9 / one)))
+    round_fn = make_round(fn, device, clock, number)
+    return run_rounds(round_fn, policy, clock, unit="call", number=number, cold_ns=cold, warmup_rounds=2)
+
+
+@contextmanager
+def pinned_threads(n: int | None) -> Iterator[None]:
+    """Run torch on exactly ``n`` intra-op threads inside the block, then restore.
+
+    Unpinned threads are the largest noise source on small CI machines: torch defaults to one
+    thread per core and then competes with the runner itself.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if n is None or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,210 @@
+"""Baseline samples + current samples -> a verdict. Pure: numbers in, a record out.
+
+A stage *regresses* only when all of these hold:
+
+1. its median is slower than the baseline's by more than the threshold (after normalising
+   for the machine's own speed, when that moved),
+2. the difference is significant: one-sided Mann-Whitney U p < alpha and the bootstrap
+   95 % interval of the ratio of medians lies above 1,
+3. a re-measure says the same (done by the caller; :func:`confirm` combines the two).
+
+When the stage's own noise (the half-width of that interval) is wider than the threshold, the
+threshold cannot be honoured; the stage is gated at its noise instead and the verdict says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from . import stats
+
+OK = "ok"
+REGRESSED = "regressed"
+IMPROVED = "improved"
+NEW = "new"
+INCONCLUSIVE = "inconclusive"
+NOT_COMPARABLE = "not comparable"
+OUTCOMES = (REGRESSED, INCONCLUSIVE, NOT_COMPARABLE, NEW, IMPROVED, OK)
+
+#: Below this the reference workload's drift is its own noise: nothing is normalised.
+MACHINE_NOISE = 0.05
+#: Beyond this the machine is too different for a normalised verdict to be trusted.
+MACHINE_MAX_DRIFT = 0.35
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str
+    threshold: float
+    effective_threshold: float
+    ratio: float | None = None
+    ci: tuple | None = None
+    p_value: float | None = None
+    machine_factor: float | None = None
+    normalised: bool = False
+    reason: str = ""
+    first_ratio: float | None = None  # before the re-measure, when one was taken
+
+    @property
+    def change(self) -> float | None:
+        return None if self.ratio is None else self.ratio - 1.0
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.p_value is None else 1.0 - self.p_value
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == REGRESSED
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.1f}%"
+
+
+def machine_note(m: float | None) -> str:
+    if m is None:
+        return ""
+    if abs(m - 1) <= MACHINE_NOISE:
+        return f"machine speed {m:.2f}x of baseline's (within noise, not normalised)"
+    if abs(math.log(m)) > math.log(1 + MACHINE_MAX_DRIFT):
+        return f"machine speed {m:.2f}x of baseline's (too different to normalise: inconclusive)"
+    return f"machine speed {m:.2f}x of baseline's (times normalised by it)"
+
+
+#: environment fields that must match for a baseline to be comparable
+COMPARED_ENV = ("threads", "torch", "transformers", "dtype")
+
+
+def env_mismatch(stored: dict, current: dict) -> str | None:
+    """Why a baseline taken under ``stored`` cannot judge a run under ``current``, or None."""
+    diffs = [
+        f"{k} {stored[k]} -> {current[k]}"
+        for k in COMPARED_ENV
+        if k in stored and k in current and str(stored[k]) != str(current[k])
+    ]
+    if not diffs:
+        return None
+    return "baseline recorded under a different environment (" + ", ".join(diffs) + "): re-record with --llmcycle-update"
+
+
+def judge(
+    baseline: Sequence[float] | None,
+    current: Sequence[float],
+    threshold: float,
+    alpha: float = 0.01,
+    machine_factor: float | None = None,
+    not_comparable: str | None = None,
+) -> Verdict:
+    """Verdict for one stage from its stored and current samples (same unit)."""
+    if baseline is None:
+        return Verdict(NEW, threshold, threshold, reason="no baseline yet: record one with --llmcycle-update")
+    if not_comparable:
+        return Verdict(NOT_COMPARABLE, threshold, threshold, reason=not_comparable)
+    cur = list(current)
+    normalised = False
+    machine_off = False
+    if machine_factor is not None:
+        if abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT):
+            machine_off = True
+        elif abs(machine_factor - 1) > MACHINE_NOISE:
+            cur = [c / machine_factor for c in cur]
+            normalised = True
+    est = stats.ratio_ci([baseline], [cur])
+    ratio, lo, hi = est.ratio, est.lo, est.hi
+    noise = est.rel_halfwidth
+    eff = max(threshold, noise)
+    noisy = eff > threshold
+    base = Verdict(
+        OK, threshold, eff, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=normalised
+    )
+    noise_note = (
+        f"; stage noise (95% CI +-{noise * 100:.1f}%) is wider than the {threshold * 100:.0f}% threshold, "
+        f"so it is gated at {eff * 100:.1f}%"
+        if noisy
+        else ""
+    )
+    slower = ratio > 1 + eff
+    faster = ratio < 1 / (1 + eff)
+    if slower:
+        p = stats.mann_whitney_greater(cur, baseline)
+        significant = p < alpha and lo > 1.0
+    elif faster:
+        p = stats.mann_whitney_greater(baseline, cur)
+        significant = p < alpha and hi < 1.0
+    else:
+        p = stats.mann_whitney_greater(cur, baseline) if ratio >= 1 else stats.mann_whitney_greater(baseline, cur)
+        significant = False
+    base = replace(base, p_value=p)
+    if (slower or faster) and machine_off:
+        return replace(base, outcome=INCONCLUSIVE, reason=f"{_pct(ratio - 1)}, but {machine_note(machine_factor)}")
+    if slower and significant:
+        return replace(base, outcome=REGRESSED, reason=f"{_pct(ratio - 1)} slower than baseline{noise_note}")
+    if faster and significant:
+        return replace(
+            base,
+            outcome=IMPROVED,
+            reason=f"{_pct(ratio - 1)} faster than baseline: record it with --llmcycle-update{noise_note}",
+        )
+    if slower or faster:
+        return replace(
+            base,
+            outcome=INCONCLUSIVE,
+            reason=f"{_pct(ratio - 1)} but not significant (p={p:.2g}){noise_note}",
+        )
+    return replace(base, reason=f"within {eff * 100:.1f}%{noise_note}")
+
+
+def confirm(first: Verdict, second: Verdict) -> Verdict:
+    """Combine a suspected regression with its re-measure: only a repeat makes it stick."""
+    if second.outcome == REGRESSED:
+        return replace(
+            second,
+            first_ratio=first.ratio,
+            reason=f"{second.reason}; confirmed by a re-measure (first {_pct((first.ratio or 1) - 1)})",
+        )
+    return replace(
+        second,
+        outcome=INCONCLUSIVE,
+        first_ratio=first.ratio,
+        reason=(
+            f"first measurement {_pct((first.ratio or 1) - 1)}, re-measure {_pct((second.ratio or 1) - 1)}: "
+            "not confirmed, not gated"
+        ),
+    )
+
+
+def judge_cycle(
+    baselines: Sequence[Sequence[float]],
+    currents: Sequence[Sequence[float]],
+    weights: Sequence[float],
+    threshold: float,
+    alpha: float = 0.01,
+    machine_factor: float | None = None,
+) -> Verdict:
+    """Verdict for the cycle total T = sum(weight * median) over stages, by bootstrap.
+
+    Stages are resampled independently; the p-value is the bootstrap share of totals that did
+    not get slower. The stages it sums have each been through their own re-measure.
+    """
+    m = machine_factor if machine_factor is not None and abs(machine_factor - 1) > MACHINE_NOISE else None
+    if machine_factor is not None and abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT):
+        m = None
+    curs = [[c / m for c in cur] for cur in currents] if m else [list(c) for c in currents]
+    est = stats.ratio_ci(baselines, curs, weights=weights)
+    ratio, lo, hi = est.ratio, est.lo, est.hi
+    noise = est.rel_halfwidth
+    eff = max(threshold, noise)
+    base = Verdict(OK, threshold, eff, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=m is not None)
+    if ratio >= 1:
+        base = replace(base, p_value=est.p_slower)
+    else:
+        base = replace(base, p_value=est.p_faster)
+    if ratio > 1 + eff and lo > 1.0 and est.p_slower < alpha:
+        return replace(base, outcome=REGRESSED, reason=f"cycle {_pct(ratio - 1)} slower than baseline")
+    if ratio < 1 / (1 + eff) and hi < 1.0 and est.p_faster < alpha:
+        return replace(base, outcome=IMPROVED, reason=f"cycle {_pct(ratio - 1)} faster than baseline")
+    if ratio > 1 + eff or ratio < 1 / (1 + eff):
+        return replace(base, outcome=INCONCLUSIVE, reason=f"cycle {_pct(ratio - 1)} but its 95% CI includes no change")
+    return replace(base, reason=f"within {eff * 100:.1f}%")
