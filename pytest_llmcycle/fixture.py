@@ -16,7 +16,8 @@ from .baseline import Entry
 from .config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
 from .session import RunState, entry_from_samples, ns_to_ms
-from .timing import Measurement, pinned_threads, time_callable
+from .llm import LLMStages
+from .timing import Clock, Measurement, pinned_threads, time_callable
 
 #: a block-form stage needs this many runs to be split into a measure and a confirming half
 BLOCK_MIN_SAMPLES = 10
@@ -24,7 +25,7 @@ BLOCK_MIN_SAMPLES = 10
 CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
 
 
-class LLMCycle:
+class LLMCycle(LLMStages):
     """Times the stages of one inference cycle in one test.
 
     ``measure(stage, fn)`` repeats a callable; ``with stage(name):`` times a block once per
@@ -43,6 +44,8 @@ class LLMCycle:
         self._block_dtype: dict[str, str | None] = {}
         self._machine_factor: float | None = None
         self._entries: list[tuple[str, Entry]] = []
+        #: the clock stages are timed with; tests replace it with a fake to test verdicts
+        self.clock: Clock = time.perf_counter_ns
 
     # ------------------------------------------------------------------ properties
     @property
@@ -82,7 +85,7 @@ class LLMCycle:
 
         def take() -> Measurement:
             with pinned_threads(self.threads):
-                return time_callable(fn, dev, policy)
+                return time_callable(fn, dev, policy, self.clock)
 
         return self.record(stage, take(), remeasure=take, dtype=dtype or devmod.dtype_of(fn), cycle_weight=1.0 if cycle else 0.0)
 
@@ -98,10 +101,10 @@ class LLMCycle:
         sync = devmod.synchronizer(self._run.device)
         with pinned_threads(self.threads):
             sync()
-            t0 = time.perf_counter_ns()
+            t0 = self.clock()
             yield
             sync()
-            elapsed = time.perf_counter_ns() - t0
+            elapsed = self.clock() - t0
         self._blocks.setdefault(name, []).append(float(elapsed))
         self._block_dtype[name] = dtype
 

@@ -42,6 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, flag, help_text in _FLAGS:
         group.addoption(flag, dest=f"llmcycle_{name}", action="store_true", default=None, help=help_text)
     parser.addini("llmcycle_strict", "fail stages that have no usable baseline", type="bool", default=False)
+    parser.addini("llmcycle_remeasure", "re-measure a stage that looks regressed before failing it (default: true)", default=None)
+    parser.addini(
+        "llmcycle_machine_check",
+        "time a reference workload when a stage looks slower, to tell a slower machine from slower code (default: true)",
+        default=None,
+    )
     group.addoption("--llmcycle-skip", action="store_true", default=False, help="deselect timing tests (tests using llmcycle)")
     group.addoption("--llmcycle-only", action="store_true", default=False, help="run only timing tests")
 
@@ -55,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
     cli = {name: config.getoption(f"llmcycle_{name}") for name, *_ in _OPTIONS + _FLAGS}
     ini = {name: config.getini(f"llmcycle_{name}") for name, *_ in _OPTIONS}
     ini["strict"] = config.getini("llmcycle_strict")
+    ini["remeasure"] = config.getini("llmcycle_remeasure")
+    ini["machine_check"] = config.getini("llmcycle_machine_check")
     try:
         settings = resolve(cli, ini)
     except SettingError as e:

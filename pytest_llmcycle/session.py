@@ -80,6 +80,8 @@ class RunState:
         folder = p.parent
         while not folder.exists():
             folder = folder.parent
+        if not folder.is_dir():
+            return f"cannot create the baseline file {p}: {folder} is not a folder"
         if p.exists() and not os.access(p, os.W_OK):
             return f"baseline file {p} is not writable"
         if not os.access(folder, os.W_OK):
