@@ -123,7 +123,7 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any]) -> Settings:
         if cli.get(name) not in (None, ""):
             values[name] = convert(name, cli[name], cli_flag(name))
         elif ini.get(name) not in (None, ""):
-            values[name] = convert(name, ini[name], f"ini option llmcycle_{name}")
+            values[name] = convert(name, ini[name], f"ini option {cli_flag(name)[2:].replace('-', '_')}")
     s = Settings(**values)
     from .device import is_valid_device
 

@@ -34,11 +34,16 @@ _FLAGS = [
 ]
 
 
+def _ini_name(flag: str) -> str:
+    """The ini spelling of a command-line flag: --llmcycle-budget -> llmcycle_budget."""
+    return flag.lstrip("-").replace("-", "_")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmcycle", "LLM latency regression tests (pytest-llmcycle)")
     for name, flag, help_text, metavar in _OPTIONS:
         group.addoption(flag, dest=f"llmcycle_{name}", metavar=metavar, default=None, help=help_text)
-        parser.addini(f"llmcycle_{name}", help_text, default=None)
+        parser.addini(_ini_name(flag), help_text, default=None)
     for name, flag, help_text in _FLAGS:
         group.addoption(flag, dest=f"llmcycle_{name}", action="store_true", default=None, help=help_text)
     parser.addini("llmcycle_strict", "fail stages that have no usable baseline", type="bool", default=False)
@@ -59,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "overrides of the llmcycle settings (threshold is a fraction, budget in seconds)",
     )
     cli = {name: config.getoption(f"llmcycle_{name}") for name, *_ in _OPTIONS + _FLAGS}
-    ini = {name: config.getini(f"llmcycle_{name}") for name, *_ in _OPTIONS}
+    ini = {name: config.getini(_ini_name(flag)) for name, flag, *_ in _OPTIONS}
     ini["strict"] = config.getini("llmcycle_strict")
     ini["remeasure"] = config.getini("llmcycle_remeasure")
     ini["machine_check"] = config.getini("llmcycle_machine_check")
