@@ -19,7 +19,7 @@ FIXTURE_KEY = pytest.StashKey[Any]()  # the test's LLMCycle object
 # (setting, flag, ini help, metavar/action)
 _OPTIONS = [
     ("baseline", "--llmcycle-baseline", "baseline JSON file, relative to the rootdir (default: .llmcycle/baselines.json)", "PATH"),
-    ("threshold", "--llmcycle-threshold", "slowdown that fails a stage, as a fraction (default: 0.10 = 10%)", "FRACTION"),
+    ("threshold", "--llmcycle-threshold", "slowdown that fails a stage, as a fraction (default: 0.10 = 10%%)", "FRACTION"),
     ("alpha", "--llmcycle-alpha", "significance level of the regression test (default: 0.01)", "P"),
     ("budget_s", "--llmcycle-budget", "time budget per stage measurement in seconds (default: 1.0)", "SECONDS"),
     ("min_rounds", "--llmcycle-min-rounds", "fewest timed rounds per stage, even past the budget (default: 10)", "N"),

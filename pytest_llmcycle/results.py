@@ -41,7 +41,7 @@ class StageResult:
         if self.kind == COLD:
             return f"{self.stage} (cold)"
         if self.kind == CYCLE:
-            return "cycle T"
+            return f"cycle {self.stage}"
         return self.stage
 
     def to_dict(self) -> dict[str, Any]:
