@@ -189,7 +189,8 @@ def judge_cycle(
     not get slower. The stages it sums have each been through their own re-measure.
     """
     m = machine_factor if machine_factor is not None and abs(machine_factor - 1) > MACHINE_NOISE else None
-    if machine_factor is not None and abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT):
+    machine_off = machine_factor is not None and abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT)
+    if machine_off:
         m = None
     curs = [[c / m for c in cur] for cur in currents] if m else [list(c) for c in currents]
     est = stats.ratio_ci(baselines, curs, weights=weights)
@@ -201,6 +202,9 @@ def judge_cycle(
         base = replace(base, p_value=est.p_slower)
     else:
         base = replace(base, p_value=est.p_faster)
+    if machine_off and (ratio > 1 + eff or ratio < 1 / (1 + eff)):
+        # as in judge(): a machine this far off its baseline speed cannot gate the total either
+        return replace(base, outcome=INCONCLUSIVE, reason=f"cycle {_pct(ratio - 1)}, but {machine_note(machine_factor)}")
     if ratio > 1 + eff and lo > 1.0 and est.p_slower < alpha:
         return replace(base, outcome=REGRESSED, reason=f"cycle {_pct(ratio - 1)} slower than baseline")
     if ratio < 1 / (1 + eff) and hi < 1.0 and est.p_faster < alpha:
