@@ -1,0 +1,289 @@
+"""The baseline file: deterministic format, validation with actionable errors, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_llmcycle import baseline as bl
+from pytest_llmcycle.baseline import BaselineError, Baselines, Entry
+
+
+def entry(median=12.3456, samples=(12.0, 12.3456789, 13.0), **kw) -> Entry:
+    kw.setdefault("env", {"threads": 2, "torch": "2.3.0", "dtype": "float32"})
+    return Entry(median_ms=median, q1_ms=12.0, q3_ms=13.0, n=len(samples), samples_ms=tuple(samples), **kw)
+
+
+def sample_file(tmp_path) -> Baselines:
+    b = Baselines(tmp_path / "baselines.json")
+    b.set_entry("cpu-x", "tests/test_b.py::test_z", "forward", entry())
+    b.set_entry("cpu-x", "tests/test_a.py::test_y", "decode", entry(unit="token", cold_ms=40.0))
+    b.set_entry("cuda-h100", "tests/test_a.py::test_y", "forward", entry(median=1.0))
+    return b
+
+
+# ----------------------------------------------------------------------------- format
+
+
+def test_the_file_has_a_schema_field_and_sorted_keys(tmp_path):
+    text = sample_file(tmp_path).dumps()
+    data = json.loads(text)
+    assert data["schema"] == bl.SCHEMA_VERSION == 1
+    assert "--llmcycle-update" in data["about"]
+    assert list(data) == sorted(data)
+    assert list(data["devices"]) == ["cpu-x", "cuda-h100"]
+    tests = data["devices"]["cpu-x"]["tests"]
+    assert list(tests) == sorted(tests)
+    assert list(tests["tests/test_b.py::test_z"]["forward"]) == sorted(tests["tests/test_b.py::test_z"]["forward"])
+    assert text.endswith("}\n")
+
+
+def test_times_are_rounded_to_four_significant_digits(tmp_path):
+    data = json.loads(sample_file(tmp_path).dumps())
+    e = data["devices"]["cpu-x"]["tests"]["tests/test_b.py::test_z"]["forward"]
+    assert e["median_ms"] == 12.35
+    assert e["samples_ms"] == [12.0, 12.35, 13.0]
+    assert bl.round_sig(0.000123456) == 0.0001235
+    assert bl.round_sig(123456.0) == 123500.0
+    assert bl.round_sig(0.0) == 0.0
+
+
+def test_one_field_a_line_and_samples_on_one_line(tmp_path):
+    text = sample_file(tmp_path).dumps()
+    assert '"samples_ms": [12.0, 12.35, 13.0],' in text
+    assert '"env": {"dtype": "float32", "threads": 2, "torch": "2.3.0"},' in text
+    assert '          "median_ms": 12.35,\n' in text
+
+
+def test_a_reload_and_re_dump_is_byte_identical(tmp_path):
+    text = sample_file(tmp_path).dumps()
+    again = Baselines.loads(text, tmp_path / "b.json").dumps()
+    assert again == text
+    assert Baselines.loads(again, tmp_path / "b.json").dumps() == text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(1e-6, 1e6, allow_nan=False), min_size=1, max_size=20),
+    st.text(min_size=1, max_size=20),
+    st.dictionaries(st.sampled_from(["threads", "torch", "dtype", "device_name"]), st.one_of(st.integers(1, 64), st.text(max_size=8))),
+)
+def test_any_entry_survives_dump_load_dump_unchanged(tmp_path_factory, xs, stage, env):
+    b = Baselines(tmp_path_factory.getbasetemp() / "h.json")
+    b.set_entry("cpu-k", "t.py::test[é]", stage, Entry(max(xs), min(xs), max(xs), len(xs), tuple(xs), env=env))
+    text = b.dumps()
+    loaded = Baselines.loads(text, b.path)
+    assert loaded.dumps() == text
+    e = loaded.entry("cpu-k", "t.py::test[é]", stage)
+    assert e.samples_ms == tuple(bl.round_sig(x) for x in xs)
+    assert dict(e.env) == env
+
+
+def test_unknown_fields_of_an_entry_round_trip(tmp_path):
+    e = Entry.from_json({"median_ms": 2.0, "samples_ms": [2.0], "note": "from a newer tool", "tokens": 32})
+    assert e.extra == {"note": "from a newer tool", "tokens": 32}
+    assert e.q1_ms == e.q3_ms == 2.0 and e.n == 1 and e.unit == "call"
+    assert Entry.from_json(e.to_json()) == e
+
+
+def test_setting_one_entry_leaves_every_other_line_identical(tmp_path):
+    before = sample_file(tmp_path).dumps()
+    b = Baselines.loads(before, tmp_path / "b.json")
+    b.set_entry("cpu-x", "tests/test_b.py::test_z", "forward", entry(median=99.0, samples=(99.0,)))
+    after = b.dumps()
+    changed = [(x, y) for x, y in zip(before.splitlines(), after.splitlines()) if x != y]
+    assert len(before.splitlines()) == len(after.splitlines())
+    assert [y.strip() for _, y in changed] == ['"median_ms": 99.0,', '"n": 1,', '"samples_ms": [99.0],']
+
+
+def test_a_nan_time_is_never_written(tmp_path):
+    b = Baselines(tmp_path / "b.json")
+    b.set_entry("cpu", "t::t", "s", entry(median=float("nan")))
+    with pytest.raises(ValueError):
+        b.dumps()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_a_missing_file_is_an_empty_baseline_set(tmp_path):
+    b = Baselines.load(tmp_path / "nope.json")
+    assert b.entry("cpu", "t::t", "s") is None
+    assert list(b.iter_entries()) == []
+
+
+def test_entries_and_references_read_back(tmp_path):
+    b = sample_file(tmp_path)
+    b.set_reference("cpu-x", entry(median=3.0, extra={"workload": "w"}))
+    b.path.write_text(b.dumps())
+    loaded = Baselines.load(b.path)
+    assert loaded.entry("cpu-x", "tests/test_a.py::test_y", "decode").unit == "token"
+    assert loaded.entry("cpu-x", "tests/test_a.py::test_y", "decode").cold_ms == 40.0
+    assert loaded.entry("cpu-x", "tests/test_a.py::test_y", "forward") is None
+    assert loaded.reference("cpu-x").extra == {"workload": "w"}
+    assert [k[:3] for k in loaded.iter_entries()] == [
+        ("cpu-x", "tests/test_a.py::test_y", "decode"),
+        ("cpu-x", "tests/test_b.py::test_z", "forward"),
+        ("cuda-h100", "tests/test_a.py::test_y", "forward"),
+    ]
+    assert loaded.remove_test("cpu-x", "tests/test_b.py::test_z")
+    assert not loaded.remove_test("cpu-x", "tests/test_b.py::test_z")
+
+
+GOOD_ENTRY = {"median_ms": 1.0, "samples_ms": [1.0, 1.1]}
+
+
+def file_with(entry_json) -> str:
+    return json.dumps({"schema": 1, "devices": {"cpu": {"tests": {"t.py::test": {"fwd": entry_json}}}}})
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "is empty (truncated?)"),
+        ('{"schema": 1, "devices": {"cpu": {"tes', "is not valid JSON (line 1"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"devices": {}}', "has no integer 'schema' field"),
+        ('{"schema": "1", "devices": {}}', "has no integer 'schema' field"),
+        ('{"schema": 2, "devices": {}}', "has schema 2, newer than this pytest-llmcycle reads (1): upgrade"),
+        ('{"schema": 0, "devices": {}}', "has unknown schema 0"),
+        ('{"schema": 1, "devices": []}', "'devices' is not an object"),
+        ('{"schema": 1, "devices": {"cpu": {"tests": []}}}', "devices.cpu.tests is not an object"),
+        (file_with({**GOOD_ENTRY, "median_ms": -1.0}), "has median_ms=-1.0, expected a positive number"),
+        (file_with({**GOOD_ENTRY, "median_ms": 0}), "has median_ms=0"),
+        (file_with({**GOOD_ENTRY, "median_ms": "fast"}), "has median_ms='fast'"),
+        (file_with({**GOOD_ENTRY, "samples_ms": [1.0, -2.0]}), "has a sample -2.0 in samples_ms"),
+        (file_with({**GOOD_ENTRY, "samples_ms": []}), "has no 'samples_ms' list"),
+        (file_with({**GOOD_ENTRY, "q1_ms": -0.5}), "has q1_ms=-0.5"),
+        (file_with({**GOOD_ENTRY, "n": 0}), "has n=0"),
+        (file_with({**GOOD_ENTRY, "env": "threads=2"}), "has 'env' that is not an object"),
+        (file_with({**GOOD_ENTRY, "unit": 3}), "has a 'unit' that is not a string"),
+        (file_with(GOOD_ENTRY).replace("1.1", "NaN"), "NaN is not a valid time"),
+        (file_with(GOOD_ENTRY).replace("1.1", "Infinity"), "Infinity is not a valid time"),
+        (file_with(GOOD_ENTRY).replace("1.1", "1e999"), "has a sample inf"),
+    ],
+)
+def test_a_bad_file_is_refused_with_the_file_name_and_a_fix(tmp_path, text, fragment):
+    p = tmp_path / "baselines.json"
+    p.write_text(text)
+    with pytest.raises(BaselineError) as e:
+        Baselines.load(p)
+    msg = str(e.value)
+    assert fragment in msg
+    assert str(p) in msg
+    assert "\n" not in msg
+    if "upgrade" not in fragment:
+        assert "--llmcycle-update" in msg
+
+
+def test_an_entry_error_names_the_entry(tmp_path):
+    with pytest.raises(BaselineError, match=r"devices\.cpu\.tests\['t\.py::test'\]\.fwd has median_ms=-1"):
+        Baselines.loads(file_with({**GOOD_ENTRY, "median_ms": -1}), tmp_path / "b.json")
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    p = tmp_path / "b.json"
+    p.write_bytes(b'{"schema": 1, "about": "\xff\xfe"}')
+    with pytest.raises(BaselineError, match="cannot read baseline file"):
+        Baselines.load(p)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_atomic_write_creates_folders_and_a_readable_file(tmp_path):
+    p = tmp_path / ".llmcycle" / "deep" / "baselines.json"
+    bl.atomic_write_text(p, "hello\n")
+    assert p.read_text() == "hello\n"
+    assert oct(p.stat().st_mode & 0o777) == oct(0o644)
+    assert leftovers(p.parent) == []
+
+
+def test_atomic_write_keeps_the_existing_mode(tmp_path):
+    p = tmp_path / "b.json"
+    p.write_text("old")
+    os.chmod(p, 0o600)
+    bl.atomic_write_text(p, "new")
+    assert p.read_text() == "new"
+    assert p.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("broken", ["replace", "fsync"])
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, broken):
+    p = tmp_path / "b.json"
+    p.write_text("the old, good content\n")
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bl.os, broken, boom)
+    with pytest.raises(OSError, match="No space left"):
+        bl.atomic_write_text(p, "the new content\n" * 1000)
+    monkeypatch.undo()
+    assert p.read_text() == "the old, good content\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_write_that_fails_while_encoding_leaves_the_old_file(tmp_path):
+    p = tmp_path / "b.json"
+    p.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        bl.atomic_write_text(p, "x" * 100_000 + "\ud800")  # a lone surrogate cannot be written as UTF-8
+    assert p.read_text() == "old\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failed_first_write_creates_no_file(tmp_path, monkeypatch):
+    p = tmp_path / "b.json"
+    monkeypatch.setattr(bl.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError):
+        bl.atomic_write_text(p, "{}\n")
+    assert not p.exists()
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- merging writes
+
+
+def test_merge_keeps_entries_written_by_others_since_the_run_started(tmp_path):
+    p = tmp_path / "b.json"
+    ours = sample_file(tmp_path)
+    p.write_text(ours.dumps())
+    # another process (an xdist worker, a parallel job) adds an entry after we loaded the file
+    other = Baselines.load(p)
+    other.set_entry("cpu-x", "tests/test_c.py::test_other", "forward", entry(median=5.0))
+    p.write_text(other.dumps())
+
+    merged = bl.merge_into_file(p, [("cpu-x", "tests/test_b.py::test_z", "forward", entry(median=7.0))])
+    on_disk = Baselines.load(p)
+    assert on_disk.entry("cpu-x", "tests/test_c.py::test_other", "forward").median_ms == 5.0
+    assert on_disk.entry("cpu-x", "tests/test_b.py::test_z", "forward").median_ms == 7.0
+    assert on_disk.entry("cuda-h100", "tests/test_a.py::test_y", "forward").median_ms == 1.0
+    assert merged.dumps() == p.read_text()
+
+
+def test_merge_never_overwrites_a_file_that_went_bad(tmp_path):
+    p = tmp_path / "b.json"
+    p.write_text('{"schema": 1, "devices": {"cpu": {"tes')
+    with pytest.raises(BaselineError):
+        bl.merge_into_file(p, [("cpu", "t::t", "s", entry())])
+    assert p.read_text() == '{"schema": 1, "devices": {"cpu": {"tes'
+
+
+def test_merge_writes_references_too(tmp_path):
+    p = tmp_path / "b.json"
+    bl.merge_into_file(p, [("cpu", "t::t", "s", entry())], references={"cpu": entry(median=2.0)})
+    assert Baselines.load(p).reference("cpu").median_ms == 2.0
+
+
+def test_the_lock_file_lives_outside_the_repository(tmp_path):
+    lock = bl.lock_path(tmp_path / "b.json")
+    assert not lock.startswith(str(tmp_path))
+    assert lock == bl.lock_path(tmp_path / "." / "b.json")
