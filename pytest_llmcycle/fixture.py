@@ -152,7 +152,7 @@ class LLMCycle(LLMStages):
     def _check_stage(self, stage: str) -> None:
         if not isinstance(stage, str) or not stage.strip():
             raise ValueError(f"stage name must be a non-empty string, got {stage!r}")
-        if stage in self._weights:
+        if stage in self._weights or stage in self._blocks:
             raise ValueError(f"stage {stage!r} was already measured in this test; give each stage its own name")
 
     def _baseline(self, stage: str) -> Entry | None:
