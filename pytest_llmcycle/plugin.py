@@ -203,6 +203,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(terminal_table(run.results))
     if any(r.verdict.normalised for r in run.results):
         tr.write_line("* normalised by the machine's speed (reference workload) since the baseline was recorded")
+    faster = sorted({r.nodeid for r in run.results if r.outcome == "improved" and not r.updated})
+    if faster:
+        from .report import accept_command
+
+        tr.write_line(f"llmcycle: {len(faster)} test(s) faster than their baseline; to record it: {accept_command(faster)}")
     if run.written:
         tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {run.baseline_path}")
     if getattr(run, "write_error", None):
