@@ -32,6 +32,8 @@ class Settings:
     update_all: bool = False
     remeasure: bool = True
     machine_check: bool = True
+    #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
+    counters: bool = True
 
     def timing_policy(self):
         from .timing import TimingPolicy
@@ -94,10 +96,11 @@ _SPEC: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
     "update_all": (_parse_bool, lambda x: True, "true or false"),
     "remeasure": (_parse_bool, lambda x: True, "true or false"),
     "machine_check": (_parse_bool, lambda x: True, "true or false"),
+    "counters": (_parse_bool, lambda x: True, "true or false"),
 }
 
 #: what @pytest.mark.llmcycle(...) accepts; "budget" is the marker's spelling of budget_s
-MARKER_ARGS = ("threshold", "alpha", "budget", "min_rounds", "max_rounds", "warmup_rounds", "precision", "remeasure")
+MARKER_ARGS = ("threshold", "alpha", "budget", "min_rounds", "max_rounds", "warmup_rounds", "precision", "remeasure", "counters")
 
 
 def convert(name: str, value: Any, where: str) -> Any:

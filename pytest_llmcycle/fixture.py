@@ -135,17 +135,28 @@ class LLMCycle(LLMStages):
         if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
             self._machine_factor = run.machine_factor()
             v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch)
+        # Counters are deterministic: a counter that grew is a regression without a re-measure.
+        from . import counters as cnt
+
+        changed = cnt.compare(entry.counters, counters) if entry is not None and not mismatch else []
+        grew = [c for c in changed if c.increased]
         final = measurement
         remeasured = None
-        if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update:
+        if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update and not grew:
             second = remeasure()
             if s.machine_check:
                 self._machine_factor = run.machine_factor()
             v2 = vd.judge(base, ns_to_ms(second.samples_ns), s.threshold, s.alpha, self._machine_factor, mismatch)
             v = vd.confirm(v, v2)
             final, remeasured = second, second
-        elif v.outcome == vd.REGRESSED and not s.update and remeasure is None:
+        elif v.outcome == vd.REGRESSED and not s.update and remeasure is None and not grew:
             v = replace(v, outcome=vd.INCONCLUSIVE, reason=v.reason + "; no re-measure possible, not gated")
+        if grew:
+            v = replace(v, outcome=vd.REGRESSED, reason=cnt.describe(grew, measurement.unit))
+        elif changed and v.outcome in (vd.OK, vd.INCONCLUSIVE):
+            v = replace(v, outcome=vd.IMPROVED, reason=cnt.describe(changed, measurement.unit) + ": record it with --llmcycle-update")
+        elif s.update and counters and entry is not None and not entry.counters and v.outcome == vd.OK:
+            v = replace(v, outcome=vd.NEW, reason="counters not in the baseline yet")
         return self._store(stage, final, entry, env, v, measurement, remeasured, cycle_weight, counters)
 
     # ------------------------------------------------------------------ internals

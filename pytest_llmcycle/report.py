@@ -101,6 +101,10 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
         out.append(f"llmcycle: {what} regressed on {r.device_key}")
         b = r.baseline
+        if b is not None and r.counters:
+            from .counters import counter_lines
+
+            out.extend(counter_lines(b.counters, r.counters, r.unit))
         if b is not None:
             spread = f" (IQR {fmt_ms(b.q1_ms)} .. {fmt_ms(b.q3_ms)}, n={b.n})" if r.kind != CYCLE else ""
             out.append(f"  baseline  {fmt_ms(b.median_ms)}{unit}{spread}")

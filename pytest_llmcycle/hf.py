@@ -1,0 +1,117 @@
+"""Hugging Face ``generate`` as a marked call: one mark per generation step.
+
+A logits processor is called once per generation step, after the step's logits exist, in
+greedy search, sampling and beam search alike; the one here only calls ``tick()`` (a clock
+read, or a CUDA event record) and returns the scores untouched, so generation is unchanged.
+It is appended after the model's own processors, so a step's mark includes its sampler.
+
+Imported lazily (it imports transformers).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+#: generate() arguments that would break a per-call measurement
+_REFUSED = {
+    "past_key_values": "a fresh KV cache is built for every call; don't pass past_key_values",
+    "streamer": "a streamer adds host work to every step; time generation without it",
+    "logits_processor": "pass extra processors as processors=[...], so the step marker stays last",
+}
+
+
+class StepMarker(LogitsProcessor):
+    """Calls ``tick()`` once per generation step, leaving the scores as they are."""
+
+    def __init__(self) -> None:
+        self.tick: Callable[[], None] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.tick is not None:
+            self.tick()
+        return scores
+
+
+def prepare_inputs(inputs: Any) -> dict:
+    """``generate`` keyword inputs from a token tensor or a tokenizer's output (already on device)."""
+    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+        raise TypeError(
+            "llmcycle.generate takes token ids, not text: tokenize outside the timed region, e.g. "
+            "inputs = tokenizer(prompt, return_tensors='pt').to(llmcycle.device)"
+        )
+    if isinstance(inputs, torch.Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if isinstance(inputs, Mapping):
+        out = dict(inputs)
+        if "input_ids" not in out:
+            raise TypeError("inputs mapping has no 'input_ids'")
+        out.setdefault("attention_mask", torch.ones_like(out["input_ids"]))
+        return out
+    raise TypeError(f"inputs must be a tensor of token ids or a mapping with input_ids, got {type(inputs).__name__}")
+
+
+def generation_kwargs(
+    model: Any,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    num_beams: int = 1,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """Pinned-length generation settings: exactly ``max_new_tokens`` tokens every call."""
+    extra = dict(extra or {})
+    for k, why in _REFUSED.items():
+        if k in extra:
+            raise ValueError(f"llmcycle.generate: {why}")
+    if "min_new_tokens" in extra and extra["min_new_tokens"] != max_new_tokens:
+        raise ValueError("llmcycle.generate pins the output length: min_new_tokens is set to max_new_tokens")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_beams=num_beams,
+    )
+    gc = getattr(model, "generation_config", None)
+    if gc is not None and getattr(gc, "pad_token_id", None) is None:
+        eos = getattr(gc, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        kw["pad_token_id"] = eos if eos is not None else 0
+    if num_beams > 1:
+        kw.setdefault("early_stopping", False)
+    kw.update(extra)
+    return kw
+
+
+def generate_call(model: Any, inputs: Any, gen_kwargs: dict, processors: list | None = None) -> tuple[Callable, int, int]:
+    """A ``call(tick)`` running one ``generate``; also the prompt length and batch size."""
+    model_inputs = prepare_inputs(inputs)
+    marker = StepMarker()
+    plist = LogitsProcessorList(list(processors or []) + [marker])
+    ids = model_inputs["input_ids"]
+
+    def call(tick: Callable[[], None]) -> Any:
+        marker.tick = tick
+        try:
+            return model.generate(**model_inputs, logits_processor=plist, **gen_kwargs)
+        finally:
+            marker.tick = None
+
+    return call, int(ids.shape[-1]), int(ids.shape[0])
+
+
+def check_devices(model: Any, inputs: Any, device: str) -> None:
+    """Model and inputs on the device the test times on, or a message that says how."""
+    try:
+        p = next(iter(model.parameters()))
+    except (StopIteration, AttributeError, TypeError):
+        return
+    ids = prepare_inputs(inputs)["input_ids"]
+    want = torch.device(device)
+    for what, dev in (("model", p.device), ("inputs", ids.device)):
+        if dev.type != want.type:
+            raise ValueError(f"llmcycle.generate: the {what} is on {dev} but the test times on {want}: move it with .to(llmcycle.device)")
