@@ -149,4 +149,7 @@ def for_marker(settings: Settings, kwargs: Mapping[str, Any], where: str) -> Set
     for k, v in kwargs.items():
         name = "budget_s" if k == "budget" else k
         changes[name] = convert(name, v, f"{where}: @pytest.mark.llmcycle argument {k}")
-    return replace(settings, **changes)
+    s = replace(settings, **changes)
+    if s.min_rounds > s.max_rounds:
+        raise SettingError(f"{where}: llmcycle min_rounds={s.min_rounds} exceeds max_rounds={s.max_rounds}")
+    return s

@@ -105,6 +105,7 @@ def get_run(config: pytest.Config) -> Any:
     return run
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: tests that will not run cost nothing
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     skip, only = config.getoption("llmcycle_skip"), config.getoption("llmcycle_only")
     if skip or only:

@@ -93,6 +93,12 @@ def test_a_bad_marker_argument_names_the_test_and_the_allowed_arguments(kwargs, 
     assert fragment in str(e.value)
 
 
+def test_a_marker_cannot_set_min_rounds_above_max_rounds():
+    with pytest.raises(SettingError, match="t.py::test_x: llmcycle min_rounds=50 exceeds max_rounds=20"):
+        for_marker(Settings(), {"min_rounds": 50, "max_rounds": 20}, "t.py::test_x")
+    assert for_marker(Settings(), {"min_rounds": 50, "max_rounds": 50}, "t").min_rounds == 50
+
+
 def test_every_marker_argument_is_a_setting():
     names = {"budget_s" if a == "budget" else a for a in MARKER_ARGS}
     assert names <= set(Settings.__dataclass_fields__)
