@@ -17,6 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 #: generate() arguments that would break a per-call measurement
 _REFUSED = {
     "past_key_values": "a fresh KV cache is built for every call; don't pass past_key_values",
+    "cache": "a fresh KV cache is built for every call; don't pass a cache",
     "streamer": "a streamer adds host work to every step; time generation without it",
     "logits_processor": "pass extra processors as processors=[...], so the step marker stays last",
 }
