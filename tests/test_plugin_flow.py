@@ -643,7 +643,17 @@ def test_block_and_measured_stages_add_up_to_the_cycle(project, monkeypatch):
     monkeypatch.setenv("SLOW_DECODE", "3.0")
     result = project.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*decode*regressed", "*cycle T = prefill + decode*5 ms*7 ms*+40.0%*regressed"])
+    result.stdout.fnmatch_lines(
+        [
+            "llmcycle: stage 'decode' regressed on ci-runner",
+            "llmcycle: cycle regressed on ci-runner",
+            "  baseline  5 ms",
+            "  current   7 ms",
+            "  change    +40.0% (95% CI +* .. +*), threshold 10%, bootstrap p=*",
+            "*decode*regressed",
+            "*cycle T = prefill + decode*5 ms*7 ms*+40.0%*regressed",
+        ]
+    )
 
 
 def test_a_stage_name_is_used_once_per_test(project):
@@ -664,10 +674,20 @@ def test_a_stage_name_is_used_once_per_test(project):
                 clock.spend(1.0, "forward", 0)
             with pytest.raises(ValueError, match="already"):
                 llmcycle.measure("forward", clock.work(1.0))
+
+        def test_names_must_be_non_empty(llmcycle, clock):
+            with pytest.raises(ValueError, match="non-empty string"):
+                llmcycle.measure(" ", clock.work(1.0))
+            with pytest.raises(ValueError, match="non-empty string"):
+                with llmcycle.stage(""):
+                    pass
         """
     )
     result = project.runpytest()
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
+    # one row, one entry: the block's single run, not a second "forward"
+    assert len([x for x in result.stdout.lines if x.startswith("test_model.py::test_block_then_measure")]) == 1
+    result.stdout.fnmatch_lines(["test_model.py::test_block_then_measure*forward *980 us*new"])
 
 
 # ----------------------------------------------------------------------------- threads and device
@@ -784,3 +804,54 @@ def test_options_ini_and_marker_are_documented_in_help(pytester):
         result.stdout.fnmatch_lines([f"  {ini} *"])
     markers = pytester.runpytest("--markers")
     markers.stdout.fnmatch_lines(["@pytest.mark.llmcycle(threshold=..., alpha=..., budget=...*): a latency test*"])
+
+
+def test_the_accept_command_quotes_parametrized_node_ids(project, monkeypatch):
+    project.makepyfile(
+        test_model="""
+        import pytest
+
+        @pytest.mark.parametrize("prompt", ["short", "long prompt"])
+        def test_prompt(llmcycle, clock, prompt):
+            llmcycle.measure("prefill", clock.work(2.0 if prompt == "short" else 8.0, "prefill"))
+        """
+    )
+    record(project)
+    monkeypatch.setenv("SLOW_PREFILL", "1.5")
+    failed = project.runpytest()
+    failed.assert_outcomes(failed=2)
+    failed.stdout.fnmatch_lines(["  to accept the new numbers: pytest 'test_model.py::test_prompt[long prompt]' --llmcycle-update"])
+    line = next(x for x in failed.stdout.lines if "[long prompt]" in x and "to accept" in x)
+    accepted = project.runpytest(*shlex.split(line.split("to accept the new numbers:")[1])[1:])
+    accepted.assert_outcomes(passed=1)
+    result = project.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_model.py::test_prompt[[]short[]]*"])
+
+
+# ----------------------------------------------------------------------------- real time (big margins only)
+
+
+def test_real_time_a_tripled_sleep_fails_and_a_shorter_one_passes(project, monkeypatch):
+    """The real clock end to end: 2 ms -> 6 ms cannot pass, 6 ms -> 2 ms cannot fail, on any machine."""
+    project.makepyfile(
+        test_model="""
+        import os
+        import time
+
+        def test_sleep(llmcycle):
+            ms = float(os.environ["SLEEP_MS"])
+            llmcycle.measure("sleep", lambda: time.sleep(ms / 1000))
+        """
+    )
+    monkeypatch.setenv("SLEEP_MS", "2")
+    record(project)
+    monkeypatch.setenv("SLEEP_MS", "6")
+    slower = project.runpytest()
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(["llmcycle: stage 'sleep' regressed on ci-runner"])
+    record(project, "--llmcycle-update-all")
+    monkeypatch.setenv("SLEEP_MS", "2")
+    faster = project.runpytest()
+    faster.assert_outcomes(passed=1)
+    faster.stdout.fnmatch_lines(["*sleep *improved"])
