@@ -105,7 +105,9 @@ class LLMCycle(LLMStages):
             yield
             sync()
             elapsed = self.clock() - t0
-        self._blocks.setdefault(name, []).append(float(elapsed))
+        # A block shorter than the clock's tick reads as 0 ns; stored as 0 it would make the
+        # baseline file invalid (times must be positive), so count it as one tick.
+        self._blocks.setdefault(name, []).append(float(max(elapsed, 1)))
         self._block_dtype[name] = dtype
 
     def record(
