@@ -97,11 +97,24 @@ class RunState:
         from .timing import pinned_threads
 
         stored = self.load_baselines().reference(self.device_key)
-        if stored is None or stored.extra.get("workload") != machine.workload_name():
+        if stored is None or not self._reference_usable(stored):
             return None
         with pinned_threads(self.threads):
             m = machine.measure_reference(self.device)
         return stats.summarize(ns_to_ms(m.samples_ns)).median / stored.median_ms
+
+    def _reference_env(self) -> dict:
+        env: dict[str, Any] = {"threads": self.threads}
+        if "torch" in devmod.library_versions():
+            env["torch"] = devmod.library_versions()["torch"]
+        return env
+
+    def _reference_usable(self, stored: Entry) -> bool:
+        """A reference of another workload, thread count or torch measures another machine speed."""
+        from . import machine
+        from .verdict import env_mismatch
+
+        return stored.extra.get("workload") == machine.workload_name() and not env_mismatch(dict(stored.env), self._reference_env())
 
     def reference_entry(self) -> Entry:
         from . import machine
@@ -110,7 +123,7 @@ class RunState:
         with pinned_threads(self.threads):
             m = machine.measure_reference(self.device)
         return entry_from_samples(
-            ns_to_ms(m.samples_ns), "call", None, {"threads": self.threads}, extra={"workload": machine.workload_name()}
+            ns_to_ms(m.samples_ns), "call", None, self._reference_env(), extra={"workload": machine.workload_name()}
         )
 
     # ---- writing
@@ -122,7 +135,8 @@ class RunState:
         refs = {}
         stored = self.load_baselines()
         for key in keys:
-            if key == self.device_key and (stored.reference(key) is None or self.settings.update_all):
+            ref = stored.reference(key) if key == self.device_key else None
+            if key == self.device_key and (ref is None or not self._reference_usable(ref) or self.settings.update_all):
                 refs[key] = self.reference_entry()
         merge_into_file(self.baseline_path, self.pending, refs)
         self.written = [f"{k} {n} {s}" for k, n, s, _ in self.pending]

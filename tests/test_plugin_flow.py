@@ -385,6 +385,31 @@ def test_a_machine_far_off_its_baseline_speed_is_inconclusive_not_failed(project
     result.stdout.fnmatch_lines(["*forward *+100.0%*inconclusive", "*cycle T*inconclusive"])
 
 
+def test_a_reference_from_another_environment_is_never_used_and_is_re_recorded(project, monkeypatch):
+    project.makepyfile(test_model=TWO_TESTS)
+    record(project, "--llmcycle-threads", "2")
+    path = project.path / BASELINE
+    data = json.loads(path.read_text())
+    ref = data["devices"]["ci-runner"]["reference"]
+    assert ref["env"]["threads"] == 2
+    # a reference timed on 1 thread (and, to make its misuse certain, 100x slower than now)
+    ref["env"]["threads"] = 1
+    ref["median_ms"] *= 100
+    from pytest_llmcycle.baseline import dumps
+
+    path.write_text(dumps(data))
+
+    monkeypatch.setenv("SLOW_FORWARD", "1.3")
+    result = project.runpytest("--llmcycle-threads", "2", "-o", "llmcycle_machine_check=true")
+    # the stale reference would read "machine 0.01x: inconclusive" and hide the regression
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.no_fnmatch_line("*machine speed*")
+
+    record(project, "--llmcycle-threads", "2")
+    ref = json.loads(path.read_text())["devices"]["ci-runner"]["reference"]
+    assert ref["env"] == {"threads": 2, "torch": torch.__version__}
+
+
 # ----------------------------------------------------------------------------- the cold call
 
 
