@@ -114,7 +114,7 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         ci = f" (95% CI {v.ci[0] - 1:+.1%} .. {v.ci[1] - 1:+.1%})" if v.ci else ""
         test = "Mann-Whitney U" if r.kind != CYCLE else "bootstrap"
         conf = f", {test} p={fmt_p(v.p_value)} (confidence {v.confidence:.2%})" if v.p_value is not None else ""
-        thr = f"threshold {v.threshold:.0%}"
+        thr = f"threshold {v.threshold * 100:g}%"  # not :.0%, which shows 2.5 % as 2 %
         if v.effective_threshold > v.threshold:
             thr += f" (gated at {v.effective_threshold:.1%}: the stage's own noise is wider)"
         out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}")

@@ -120,7 +120,7 @@ def judge(
         OK, threshold, eff, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=normalised
     )
     noise_note = (
-        f"; stage noise (95% CI +-{noise * 100:.1f}%) is wider than the {threshold * 100:.0f}% threshold, "
+        f"; stage noise (95% CI +-{noise * 100:.1f}%) is wider than the {threshold * 100:g}% threshold, "
         f"so it is gated at {eff * 100:.1f}%"
         if noisy
         else ""

@@ -253,7 +253,9 @@ def test_the_threshold_is_a_setting(project, monkeypatch):
     project.makepyfile(test_model=TWO_TESTS)
     record(project)
     monkeypatch.setenv("SLOW_FORWARD", "1.05")
-    project.runpytest("--llmcycle-threshold", "0.03").assert_outcomes(passed=1, failed=1)
+    tight = project.runpytest("--llmcycle-threshold", "0.025")
+    tight.assert_outcomes(passed=1, failed=1)
+    tight.stdout.fnmatch_lines(["  change    +5.0% (95% CI *), threshold 2.5%, Mann-Whitney U*"])
     project.runpytest("--llmcycle-threshold", "0.5").assert_outcomes(passed=2)
 
 
@@ -270,9 +272,9 @@ def test_a_marker_sets_one_tests_threshold(project, monkeypatch):
             llmcycle.measure("forward", clock.work(2.0, "forward"))
         """
     )
-    record(project)
+    record(project, "--strict-markers")
     monkeypatch.setenv("SLOW_FORWARD", "1.3")
-    result = project.runpytest()
+    result = project.runpytest("--strict-markers")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_model.py::test_default*"])
 
@@ -841,7 +843,19 @@ def test_options_ini_and_marker_are_documented_in_help(pytester):
             "*--llmcycle-only*",
         ]
     )
-    for ini in ("llmcycle_baseline", "llmcycle_threshold", "llmcycle_budget", "llmcycle_device", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure", "llmcycle_machine_check"):
+    for ini in (
+        "llmcycle_baseline",
+        "llmcycle_threshold",
+        "llmcycle_alpha",
+        "llmcycle_budget",
+        "llmcycle_min_rounds",
+        "llmcycle_device",
+        "llmcycle_device_key",
+        "llmcycle_threads",
+        "llmcycle_strict",
+        "llmcycle_remeasure",
+        "llmcycle_machine_check",
+    ):
         result.stdout.fnmatch_lines([f"  {ini} *"])
     markers = pytester.runpytest("--markers")
     markers.stdout.fnmatch_lines(["@pytest.mark.llmcycle(threshold=..., alpha=..., budget=...*): a latency test*"])

@@ -90,6 +90,12 @@ def test_noise_wider_than_the_threshold_raises_the_effective_threshold_and_says_
     assert f"gated at {v.effective_threshold * 100:.1f}%" in v.reason
 
 
+def test_a_fractional_threshold_is_shown_as_given():
+    rng = np.random.default_rng(3)
+    v = vd.judge(list(10 * rng.uniform(0.5, 1.5, 64)), list(10 * rng.uniform(0.5, 1.5, 64) * 1.5), 0.025)
+    assert "is wider than the 2.5% threshold" in v.reason
+
+
 def test_a_noisy_stage_is_not_failed_for_a_change_inside_its_noise():
     rng = np.random.default_rng(4)
     wide_base = list(10 * rng.uniform(0.5, 1.5, 64))
