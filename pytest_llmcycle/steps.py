@@ -123,7 +123,11 @@ class MarkedRun:
 
 
 class MarkCountError(ValueError):
-    pass
+    """Calls of one workload ticked different numbers of times (an output length that is not pinned)."""
+
+
+class CompileWarning(UserWarning):
+    """torch.compile compiled again inside the measured rounds: the steady state includes compilation."""
 
 
 def time_marked(
@@ -176,7 +180,18 @@ def time_marked(
     start_compiles = compile_count()
     m = run_rounds(round_fn, policy, clock, unit="call", cold_ns=cold.end_ns, warmup_rounds=1 + compile_calls)
     measured = tuple(calls[len(calls) - m.rounds :])
-    return MarkedRun(cold, measured, m, compile_calls, compile_count() - start_compiles)
+    recompiles = compile_count() - start_compiles
+    if recompiles:
+        import warnings
+
+        warnings.warn(
+            CompileWarning(
+                f"llmcycle: torch.compile compiled {recompiles} more time(s) while {what}s were being timed "
+                "(recompiling every call? check torch._logging.set_logs(recompiles=True)): the times include compilation"
+            ),
+            stacklevel=3,
+        )
+    return MarkedRun(cold, measured, m, compile_calls, recompiles)
 
 
 def _check(m: Marks, want: int, index: int, what: str) -> None:

@@ -242,3 +242,21 @@ def test_counted_forward_with_inference_mode(tmp_path, tiny_llama, input_ids):
     assert r.env["dtype"] == "float32"
     lc2 = make(tmp_path, counters=False)
     assert lc2.counted("forward", lambda: tiny_llama(input_ids), inference_mode=True).counters == {}
+
+
+def test_recompiling_inside_the_measured_rounds_is_reported(tmp_path):
+    from pytest_llmcycle.steps import CompileWarning
+
+    lc = make(tmp_path, counters=False)
+    step = torch.compile(lambda x: torch.cos(x) + 1, backend="eager", dynamic=False)
+    calls = []
+
+    def loop(tick):
+        calls.append(1)
+        step(torch.randn(4 if len(calls) < 6 else 5))  # a new shape from the sixth call on: one recompile
+        tick()
+
+    with pytest.warns(CompileWarning, match="compiled 1 more time"):
+        g = lc.tokens(loop)
+    assert g.compile_calls == 1
+    assert g.compiles_while_timing == 1
