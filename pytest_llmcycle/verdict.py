@@ -27,8 +27,11 @@ INCONCLUSIVE = "inconclusive"
 NOT_COMPARABLE = "not comparable"
 OUTCOMES = (REGRESSED, INCONCLUSIVE, NOT_COMPARABLE, NEW, IMPROVED, OK)
 
-#: Below this the reference workload's drift is its own noise: nothing is normalised.
-MACHINE_NOISE = 0.05
+#: Below this the reference workload's drift is its own noise: nothing is normalised. On a
+#: loaded 2-core runner the reference and a stage react differently to the same contention
+#: (seen here: reference 1.065x while a tiny Llama forward moved 1.00x), so normalising
+#: small drifts moved real +15 % regressions under the threshold.
+MACHINE_NOISE = 0.10
 #: Beyond this the machine is too different for a normalised verdict to be trusted.
 MACHINE_MAX_DRIFT = 0.35
 
