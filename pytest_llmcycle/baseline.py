@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytes
 #: Samples kept per entry: enough for a rank test, few enough to read in a diff.
 STORED_SAMPLES = 64
 SIG_DIGITS = 4
+#: Times outside this range (milliseconds) are not measurements but hand edits; refusing them
+#: keeps every ratio a verdict takes finite (a 5e-324 baseline would make any stage "+inf%").
+MIN_MS, MAX_MS = 1e-9, 1e12
 
 
 class BaselineError(Exception):
@@ -83,8 +87,8 @@ class Entry:
         known = {"median_ms", "q1_ms", "q3_ms", "n", "samples_ms", "unit", "cold_ms", "env", "counters"}
         return cls(
             median_ms=float(d["median_ms"]),
-            q1_ms=float(d.get("q1_ms", d["median_ms"])),
-            q3_ms=float(d.get("q3_ms", d["median_ms"])),
+            q1_ms=float(d["q1_ms"]) if d.get("q1_ms") is not None else float(d["median_ms"]),
+            q3_ms=float(d["q3_ms"]) if d.get("q3_ms") is not None else float(d["median_ms"]),
             n=int(d.get("n", len(d["samples_ms"]))),
             samples_ms=tuple(float(s) for s in d["samples_ms"]),
             unit=str(d.get("unit", "call")),
@@ -131,6 +135,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid time")
 
 
+def _unique_keys(pairs: list) -> dict:
+    # json keeps the last of two equal keys silently; in a hand-merged file that hides an entry
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r} in one object (a hand merge?)")
+    return d
+
+
+_CONFLICT = re.compile(r"^(<<<<<<<|=======|>>>>>>>)", re.M)
+
+
 def _fix_hint(path: Path) -> str:
     return (
         f"restore it from version control (git checkout -- {path}) or delete it and "
@@ -152,6 +169,8 @@ class Baselines:
         p = Path(path)
         if not p.exists():
             return cls(p)
+        if not p.is_file():  # a folder, a FIFO (reading would block), a device
+            raise BaselineError(f"baseline file {p} is not a regular file; give the path of a .json file with --llmcycle-baseline")
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -163,10 +182,15 @@ class Baselines:
         if not text.strip():
             raise BaselineError(f"baseline file {path} is empty (truncated?); {_fix_hint(path)}")
         try:
-            raw = json.loads(text, parse_constant=_reject_constant)
+            raw = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
+            conflict = (
+                ": it contains an unresolved git merge conflict (<<<<<<< markers), resolve it"
+                if _CONFLICT.search(text)
+                else ""
+            )
             raise BaselineError(
-                f"baseline file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                f"baseline file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}){conflict}; "
                 f"{_fix_hint(path)}"
             ) from None
         except (ValueError, RecursionError) as e:
@@ -245,27 +269,35 @@ def _validate(raw: Any, path: Path) -> None:
 
 
 def _positive_time(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    # comparisons, not math.isfinite: a 400-digit integer must be refused, not overflow
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_MS <= v <= MAX_MS
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _validate_entry(entry: Any, where: str, bad) -> None:
     if not isinstance(entry, dict):
         raise bad(where, "is not an object")
     if not _positive_time(entry.get("median_ms")):
-        raise bad(where, f"has median_ms={entry.get('median_ms')!r}, expected a positive number of milliseconds")
+        raise bad(
+            where, f"has median_ms={_short(entry.get('median_ms'))}, expected a positive number of milliseconds (at most {MAX_MS:g})"
+        )
     for k in ("q1_ms", "q3_ms", "cold_ms"):
         if k in entry and entry[k] is not None and not (
-            isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool) and math.isfinite(entry[k]) and entry[k] >= 0
+            isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool) and 0 <= entry[k] <= MAX_MS
         ):
-            raise bad(where, f"has {k}={entry[k]!r}, expected a non-negative number of milliseconds")
+            raise bad(where, f"has {k}={_short(entry[k])}, expected a non-negative number of milliseconds")
     samples = entry.get("samples_ms")
     if not isinstance(samples, list) or not samples:
         raise bad(where, "has no 'samples_ms' list")
     for s in samples:
         if not _positive_time(s):
-            raise bad(where, f"has a sample {s!r} in samples_ms, expected positive milliseconds")
+            raise bad(where, f"has a sample {_short(s)} in samples_ms, expected positive milliseconds ({MIN_MS:g} to {MAX_MS:g})")
     if "n" in entry and (not isinstance(entry["n"], int) or isinstance(entry["n"], bool) or entry["n"] < 1):
-        raise bad(where, f"has n={entry['n']!r}, expected a positive integer")
+        raise bad(where, f"has n={_short(entry['n'])}, expected a positive integer")
     for k in ("env", "counters"):
         if k in entry and not isinstance(entry[k], dict):
             raise bad(where, f"has '{k}' that is not an object")
@@ -283,10 +315,15 @@ def lock_path(path: Path) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never partial."""
-    path = Path(path)
+    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never partial.
+
+    A symlink is followed: its target is replaced and the link stays (replacing the link
+    itself would silently fork the file). The temp file is created next to the target only,
+    named ``.<name>.<pid>.<random>.tmp`` so that one left by a killed writer can be recognised.
+    """
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -329,6 +366,7 @@ def merge_into_file(
     from filelock import FileLock
 
     with FileLock(lock_path(path), timeout=timeout_s):
+        remove_stale_temp_files(path)
         current = Baselines.load(path)
         for key, ref in (references or {}).items():
             current.set_reference(key, ref)
@@ -336,3 +374,42 @@ def merge_into_file(
             current.set_entry(key, nodeid, stage, entry)
         atomic_write_text(path, current.dumps())
         return current
+
+
+def remove_stale_temp_files(path: Path) -> list[str]:
+    """Delete temp files that writers killed mid-write (SIGKILL, power loss) left next to ``path``.
+
+    Only files named by :func:`atomic_write_text` whose writer process is gone are removed; a
+    live writer's file is never touched. POSIX only (elsewhere the files are left alone).
+    """
+    if os.name != "posix":
+        return []
+    real = Path(os.path.realpath(path))
+    prefix = f".{real.name}."
+    try:
+        names = os.listdir(real.parent)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        try:
+            os.unlink(real.parent / name)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or an absurd number): leave its file alone
+    return True

@@ -42,7 +42,9 @@ class RunState:
     def __init__(self, settings: Settings, rootdir: Path) -> None:
         self.settings = settings
         path = Path(os.path.expanduser(settings.baseline))
-        self.baseline_path = path if path.is_absolute() else Path(rootdir) / path
+        # ".." is collapsed lexically (no stray folders are created for "a/../b.json");
+        # symlinks are kept here and followed when the file is written (baseline.atomic_write_text)
+        self.baseline_path = Path(os.path.abspath(path if path.is_absolute() else Path(rootdir) / path))
         self.baselines: Baselines | None = None
         self.results: list[StageResult] = []
         self.pending: list[tuple[str, str, str, Entry]] = []
@@ -76,7 +78,7 @@ class RunState:
 
     def check_writable(self) -> str | None:
         """Why the baseline file could not be written, or None; checked before a long run."""
-        p = self.baseline_path
+        p = Path(os.path.realpath(self.baseline_path))  # a symlink is written at its target
         folder = p.parent
         while not folder.exists():
             folder = folder.parent

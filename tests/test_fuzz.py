@@ -1,0 +1,319 @@
+"""Hostile baseline files: truncated, mistyped, huge and hand-edited.
+
+The loader's contract: a file is either refused with one clear ``BaselineError`` (naming the
+file, on one line) or every entry in it is usable exactly as written, so a verdict computed
+from it is a verdict on the file's numbers. Nothing else may escape, and nothing in a file is
+ever executed. Paths given as options write where they say, and only there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pytest_llmcycle import baseline as bl
+from pytest_llmcycle import verdict as vd
+from pytest_llmcycle.baseline import BaselineError, Baselines, Entry
+
+PATH = Path("/nonexistent/llmcycle/baselines.json")
+CURRENT = [10.0 + 0.01 * i for i in range(20)]
+
+
+def good_file() -> str:
+    b = Baselines(PATH)
+    b.set_entry("cpu-x", "tests/test_a.py::test_y[1-é]", "forward", Entry(10.0, 9.9, 10.1, 40, (9.8, 9.9, 10.0, 10.1, 10.2)))
+    b.set_entry("cpu-x", "tests/test_a.py::test_y[1-é]", "decode", Entry(1.0, 0.9, 1.1, 64, (0.9, 1.0, 1.1), unit="token", cold_ms=30.0))
+    b.set_reference("cpu-x", Entry(2.0, 1.9, 2.1, 15, (1.9, 2.0, 2.1), extra={"workload": "matmul-mlp-v1-python"}))
+    return b.dumps()
+
+
+GOOD = good_file()
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check(text: str, judged: int = 20) -> Baselines | None:
+    """The property every input must satisfy; returns the loaded file when it was accepted."""
+    try:
+        b = Baselines.loads(text, PATH)
+    except BaselineError as e:
+        msg = str(e)
+        assert str(PATH) in msg and "\n" not in msg, msg
+        return None
+    # Accepted: every time is a finite, positive number exactly as the file has it (no
+    # coercion of strings or booleans), so the verdict judges the file's own numbers.
+    raw = json.loads(text)
+    for key, dev in raw.get("devices", {}).items():
+        found = [("reference", None, dev["reference"])] if "reference" in dev else []
+        found += [(n, s, e) for n, stages in dev.get("tests", {}).items() for s, e in stages.items()]
+        for i, (nodeid, stage, data) in enumerate(found):
+            e = b.reference(key) if stage is None else b.entry(key, nodeid, stage)
+            assert is_number(data["median_ms"]) and e.median_ms == data["median_ms"]
+            assert all(is_number(s) for s in data["samples_ms"])
+            assert list(e.samples_ms) == [float(s) for s in data["samples_ms"]]
+            assert all(math.isfinite(s) and s > 0 for s in e.samples_ms + (e.median_ms,))
+            assert all(math.isfinite(q) and q >= 0 for q in (e.q1_ms, e.q3_ms))  # display only
+            assert e.n >= 1 and isinstance(e.unit, str)
+            if i < judged:  # a verdict per entry is costly; a few per device show the file is usable
+                v = vd.judge(list(e.samples_ms), CURRENT, 0.10)
+                assert v.outcome in vd.OUTCOMES
+                assert v.ratio is not None and math.isfinite(v.ratio) and v.ratio > 0
+    # and what it writes back is accepted again, unchanged
+    again = b.dumps()
+    assert Baselines.loads(again, PATH).dumps() == again
+    return b
+
+
+# ----------------------------------------------------------------------------- strategies
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    scalars,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=6), kids, max_size=4)),
+    max_leaves=16,
+)
+ENTRY_KEYS = ["median_ms", "q1_ms", "q3_ms", "n", "samples_ms", "unit", "cold_ms", "env", "counters", "workload"]
+extreme_numbers = st.one_of(
+    st.sampled_from([0, -0.0, 5e-324, 1e-300, 1e-12, 1e12, 1e300, 1.7e308, 10**400, 2**63, True, False, "1.0", None]),
+    st.floats(allow_nan=False),
+)
+
+
+def paths(obj, prefix=()):
+    """Every (container, key) position in a parsed JSON document."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield prefix + (k,)
+            yield from paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield prefix + (i,)
+            yield from paths(v, prefix + (i,))
+
+
+GOOD_PATHS = list(paths(json.loads(GOOD)))
+
+
+def dump_any(doc) -> str:
+    # a hand-edited file may contain NaN/Infinity literals or huge integers: write them as-is
+    try:
+        return json.dumps(doc, allow_nan=True)
+    except ValueError:  # an int too large to print: keep the literal digits
+        return json.dumps(doc, allow_nan=True, default=str)
+
+
+def replace_at(doc, path, value):
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = value
+    return doc
+
+
+def delete_at(doc, path):
+    doc = json.loads(json.dumps(doc))
+    target = doc
+    for k in path[:-1]:
+        target = target[k]
+    del target[path[-1]]
+    return doc
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=len(GOOD)))
+def test_every_truncation_of_a_good_file_is_refused_or_whole(cut):
+    b = check(GOOD[:cut])
+    if b is not None:  # only the full file (or it minus trailing whitespace) may be accepted
+        assert GOOD[:cut].strip() == GOOD.strip()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(GOOD_PATHS), st.one_of(json_values, extreme_numbers))
+@example(("devices", "cpu-x", "tests", "tests/test_a.py::test_y[1-é]", "forward", "samples_ms", 0), 10**400)
+@example(("devices", "cpu-x", "tests", "tests/test_a.py::test_y[1-é]", "forward", "q1_ms"), None)
+@example(("devices", "cpu-x", "tests", "tests/test_a.py::test_y[1-é]", "forward", "samples_ms", 0), 5e-324)
+@example(("devices", "cpu-x", "reference", "median_ms"), 1e-300)
+def test_a_value_swapped_anywhere_is_refused_or_usable(path, value):
+    check(dump_any(replace_at(json.loads(GOOD), path, value)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(GOOD_PATHS))
+def test_a_field_deleted_anywhere_is_refused_or_usable(path):
+    check(dump_any(delete_at(json.loads(GOOD), path)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(ENTRY_KEYS), st.one_of(json_values, extreme_numbers), max_size=8))
+def test_a_hand_written_entry_is_refused_or_usable(entry):
+    check(json.dumps({"schema": 1, "devices": {"cpu": {"tests": {"t.py::t": {"s": entry}}, "reference": entry}}}, default=str))
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_any_json_document_is_refused_or_usable(doc):
+    check(dump_any(doc))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_is_refused_or_usable(text):
+    check(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, len(GOOD) - 1), st.binary(min_size=1, max_size=8))
+def test_bytes_spliced_into_the_file_on_disk_are_refused_or_usable(tmp_path_factory, at, junk):
+    p = tmp_path_factory.mktemp("f") / "baselines.json"
+    data = GOOD.encode()
+    p.write_bytes(data[:at] + junk + data[at:])
+    try:
+        Baselines.load(p)
+    except BaselineError as e:
+        assert str(p) in str(e)
+
+
+# ----------------------------------------------------------------------------- hand edits
+
+
+def test_a_huge_file_loads_or_is_refused_without_anything_else_escaping():
+    deep = "[" * 100_000 + "]" * 100_000
+    assert check('{"schema": 1, "devices": {"cpu": ' + deep + "}}") is None
+    big_int = '{"schema": 1, "devices": {"cpu": {"tests": {"t": {"s": {"median_ms": 1' + "0" * 5000 + ', "samples_ms": [1]}}}}}}'
+    assert check(big_int) is None
+    many = Baselines(PATH)
+    for i in range(3000):
+        many.set_entry("cpu", f"t.py::test[{i}]", "forward", Entry(1.0, 1.0, 1.0, 64, tuple(1.0 + j / 100 for j in range(64))))
+    assert check(many.dumps()) is not None
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        # a git merge conflict left in the file
+        (lambda t: "<<<<<<< HEAD\n" + t + "=======\n" + t + ">>>>>>> branch\n", "merge conflict"),
+        # two hand-merged copies of the same stage: which one wins would be silent
+        (lambda t: t.replace('"forward": {', '"forward": {"median_ms": 99.0, "samples_ms": [99.0]},\n"forward": {', 1), "duplicate key 'forward'"),
+        (lambda t: t.replace('"q1_ms": 9.9', '"q1_ms": null'), None),
+        (lambda t: t.replace('"samples_ms": [9.8,', '"samples_ms": [1' + "0" * 400 + ","), "expected positive milliseconds"),
+        (lambda t: t.replace('"samples_ms": [9.8,', '"samples_ms": [1e-320,'), "expected positive milliseconds"),
+        (lambda t: t.replace('"samples_ms": [9.8,', '"samples_ms": [true,'), "has a sample True"),
+        (lambda t: t.replace('"samples_ms": [9.8,', '"samples_ms": ["9.8",'), "has a sample '9.8'"),
+        (lambda t: t.replace('"n": 40', '"n": 4.0'), "has n=4.0"),
+        (lambda t: "\ufeff" + t, "not valid JSON"),
+    ],
+)
+def test_hand_edits_are_refused_clearly_or_read_as_written(edit, fragment):
+    text = edit(GOOD)
+    if fragment is None:  # allowed: a null quartile reads as "unknown", like a missing one
+        b = check(text)
+        assert b is not None
+        assert b.entry("cpu-x", "tests/test_a.py::test_y[1-é]", "forward").q1_ms == 10.0
+        return
+    with pytest.raises(BaselineError) as e:
+        Baselines.loads(text, PATH)
+    assert fragment in str(e.value)
+    check(text)
+
+
+def test_loading_never_executes_what_the_file_contains(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    p = tmp_path / "baselines.json"
+    p.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(BaselineError):
+        Baselines.load(p)
+    p.write_text(json.dumps({"schema": 1, "devices": {}, "__reduce__": ["os.mkdir", [str(marker)]], "!!python/object": "x"}))
+    Baselines.load(p)
+    assert not marker.exists()
+    # and the module has no way to: JSON only, no pickle/yaml/eval
+    source = Path(bl.__file__).read_text()
+    assert not re.search(r"\b(pickle|marshal|yaml|shelve|eval|exec)\b", source)
+
+
+@pytest.mark.timeout(20)
+def test_a_baseline_that_is_not_a_regular_file_is_refused_before_anything_is_read(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(BaselineError, match="not a regular file"):
+        Baselines.load(fifo)
+    with pytest.raises(BaselineError, match="not a regular file"):
+        Baselines.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def entry_list(stage="forward"):
+    return [("cpu", "t.py::t", stage, Entry(1.0, 1.0, 1.0, 3, (1.0, 1.0, 1.0)))]
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_symlinked_baseline_is_updated_at_its_target_and_stays_a_link(tmp_path):
+    shared = tmp_path / "shared"
+    repo = tmp_path / "repo"
+    shared.mkdir()
+    (repo / ".llmcycle").mkdir(parents=True)
+    target = shared / "baselines.json"
+    bl.merge_into_file(target, entry_list("a"))
+    link = repo / ".llmcycle" / "baselines.json"
+    link.symlink_to(target)
+    bl.merge_into_file(link, entry_list("b"))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    stages = Baselines.load(target).raw["devices"]["cpu"]["tests"]["t.py::t"]
+    assert sorted(stages) == ["a", "b"]
+    # the temp file lived next to the target, and nothing was left anywhere
+    assert files_under(shared) == ["baselines.json"]
+    assert files_under(repo) == [".llmcycle", ".llmcycle/baselines.json"]
+
+
+def test_a_dangling_symlink_is_followed_to_create_its_target(tmp_path):
+    link = tmp_path / "baselines.json"
+    link.symlink_to(tmp_path / "elsewhere" / "real.json")
+    bl.merge_into_file(link, entry_list())
+    assert link.is_symlink()
+    assert Baselines.load(tmp_path / "elsewhere" / "real.json").entry("cpu", "t.py::t", "forward") is not None
+
+
+def test_dot_dot_in_a_baseline_option_is_collapsed_and_creates_no_stray_folders(pytester):
+    pytester.makepyfile(
+        """
+        import time
+        def test_a(llmcycle):
+            llmcycle.measure("s", lambda: time.sleep(0.001))
+        """
+    )
+    result = pytester.runpytest(
+        "--llmcycle-baseline", "nothere/../out/b.json", "--llmcycle-update", "--llmcycle-device", "cpu",
+        "--llmcycle-budget", "0.02", "--llmcycle-min-rounds", "3", "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "out" / "b.json").is_file()
+    assert not (pytester.path / "nothere").exists()
+    assert not [p for p in pytester.path.rglob("*.tmp")]
