@@ -61,11 +61,13 @@ class GenerationResult:
         return scaling.fit_power_law(positions, [[c[metric]] for c in self.step_counters], what=f"decode step {metric}", unit="count")
 
     def __str__(self) -> str:
-        from .counters import fmt_count
+        from .counters import PEAK, fmt_count
 
         lines = [self.stats.table()]
         for stage, c in self.counters.items():
-            lines.append(f"  {stage}: " + ", ".join(f"{k} {fmt_count(k, v)}" for k, v in c.items()))
+            shown = dict(c)
+            shown.setdefault(PEAK, None)  # no allocator statistics on CPU: n/a
+            lines.append(f"  {stage}: " + ", ".join(f"{k} {fmt_count(k, v)}" for k, v in shown.items()))
         return "\n".join(lines)
 
 

@@ -65,9 +65,13 @@ class Ticker:
         self._running = True
         self._sync()
         if self._events:
+            import torch
+
             if self._start is None:
                 self._start, self._end = self._event(), self._event()
-            self._start.record()
+            # the stream the workload runs on, also when the current device is another GPU
+            self._stream = torch.cuda.current_stream(torch.device(self.device))
+            self._start.record(self._stream)
         else:
             self._t0 = self.clock()
 
@@ -78,7 +82,7 @@ class Ticker:
         if self._events:
             if self._n == len(self._pool):
                 self._pool.append(self._event())
-            self._pool[self._n].record()
+            self._pool[self._n].record(self._stream)
         else:
             if self._sync_each:
                 self._sync()
@@ -90,7 +94,7 @@ class Ticker:
             raise RuntimeError("stop() called before start()")
         self._running = False
         if self._events:
-            self._end.record()
+            self._end.record(self._stream)
             self._end.synchronize()
             start = self._start
             marks = tuple(start.elapsed_time(e) * 1e6 for e in self._pool[: self._n])

@@ -304,3 +304,50 @@ def test_update_rewrites_an_entry_whose_counters_changed_or_were_missing(tmp_pat
     assert stages["b"]["counters"] == {"flops": 2}
     assert stages["c"]["counters"] == {"flops": 1}
     assert {r.stage for r in lc.results if r.updated} == {"a", "b"}
+
+
+def test_cuda_marks_are_stream_events_and_the_host_synchronizes_once(monkeypatch):
+    """The CUDA path, with torch.cuda's events replaced by fakes on a fake device timeline."""
+    import time
+
+    import torch
+
+    from pytest_llmcycle.decode import token_call
+
+    timeline = {"t": 0.0, "syncs": 0, "host_syncs": 0}
+    stream = object()
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self, s=None):
+            assert s is stream  # on the workload's stream, not the current device's
+            self.at = timeline["t"]
+
+        def synchronize(self):
+            timeline["syncs"] += 1
+
+        def elapsed_time(self, other):
+            return other.at - self.at  # milliseconds
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: timeline.__setitem__("host_syncs", timeline["host_syncs"] + 1))
+
+    t = Ticker("cuda:1", time.perf_counter_ns)
+    for _ in range(2):  # the events are reused; nothing leaks into the second call
+        syncs_before = (timeline["syncs"], timeline["host_syncs"])
+        t.start()
+        timeline["t"] += 7.0  # prefill on the device
+        t.tick()
+        for _ in range(3):
+            timeline["t"] += 2.0
+            t.tick()
+        timeline["t"] += 1.0
+        c = token_call(t.stop())
+        assert c.ttft_ns == 7 * MS and c.gaps_ns == (2 * MS, 2 * MS, 2 * MS) and c.e2e_ns == 14 * MS
+        # one host synchronize before the call, one wait on the end event after it; none per token
+        assert (timeline["syncs"], timeline["host_syncs"]) == (syncs_before[0] + 1, syncs_before[1] + 1)
+    assert len(t._pool) == 4
