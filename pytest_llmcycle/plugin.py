@@ -15,6 +15,8 @@ from .config import MARKER_ARGS, SettingError, Settings, for_marker, resolve
 SETTINGS_KEY = pytest.StashKey[Settings]()
 RUN_KEY = pytest.StashKey[Any]()  # RunState, created when the first timing test is collected
 FIXTURE_KEY = pytest.StashKey[Any]()  # the test's LLMCycle object
+OUTPUTS_KEY = pytest.StashKey[Any]()  # report/history paths, then the messages their writing left
+PARALLEL_KEY = pytest.StashKey[dict]()  # stage limit and xdist worker facts, for RunState
 
 # (setting, flag, ini help, metavar/action)
 _OPTIONS = [
@@ -55,6 +57,123 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--llmcycle-skip", action="store_true", default=False, help="deselect timing tests (tests using llmcycle)")
     group.addoption("--llmcycle-only", action="store_true", default=False, help="run only timing tests")
+    _addoption_outputs(parser, group)
+    _addoption_parallel(parser, group)
+
+
+def _addoption_parallel(parser: pytest.Parser, group: Any) -> None:
+    help_timeout = (
+        "hard limit in seconds of one measurement of a stage; a stage past it is stopped at its next call "
+        "and fails (default: 300 or 60x the stage's budget, whichever is larger; 0: no limit)"
+    )
+    group.addoption("--llmcycle-stage-timeout", dest="llmcycle_stage_timeout", default=None, metavar="SECONDS", help=help_timeout)
+    parser.addini("llmcycle_stage_timeout", help_timeout, default=None)
+    help_gpus = "with pytest-xdist: worker k times on GPU k mod the GPU count when the device is cuda or auto"
+    group.addoption("--llmcycle-xdist-gpus", dest="llmcycle_xdist_gpus", action="store_true", default=None, help=help_gpus)
+    parser.addini("llmcycle_xdist_gpus", help_gpus, type="bool", default=False)
+
+
+def _configure_parallel(config: pytest.Config) -> None:
+    import math
+
+    raw = config.getoption("llmcycle_stage_timeout")
+    where = "--llmcycle-stage-timeout"
+    if raw in (None, ""):
+        raw, where = config.getini("llmcycle_stage_timeout"), "ini option llmcycle_stage_timeout"
+    timeout = None
+    if raw not in (None, ""):
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise pytest.UsageError(f"{where}={raw!r} is not valid: expected seconds >= 0 (0: no limit), e.g. 300")
+    pin = bool(config.getoption("llmcycle_xdist_gpus") or config.getini("llmcycle_xdist_gpus"))
+    worker_index, worker_count = None, 1
+    if config.pluginmanager.hasplugin("xdist"):
+        from . import xdist
+
+        worker_index, worker_count = xdist.worker_of(config)
+        xdist.register(config)
+    config.stash[PARALLEL_KEY] = {
+        "stage_timeout_s": timeout,
+        "worker_index": worker_index,
+        "worker_count": worker_count,
+        "pin_gpus": pin,
+    }
+
+
+def _addoption_outputs(parser: pytest.Parser, group: Any) -> None:
+    group.addoption(
+        "--llmcycle-report", dest="llmcycle_report", action="append", default=None, metavar="PATH",
+        help="write a report of every stage; format by extension: .md (pull-request comment), .json (tools, "
+        "llmcycle compare), .html (self-contained, with plots). Repeat for several",
+    )
+    group.addoption(
+        "--llmcycle-history", dest="llmcycle_history", default=None, metavar="PATH",
+        help="append each run's stage medians to this SQLite file; the HTML report and `llmcycle history` show the trend",
+    )
+    group.addoption(
+        "--llmcycle-tensorboard", dest="llmcycle_tensorboard", default=None, metavar="LOGDIR",
+        help="also export stage medians as TensorBoard scalars (needs the tensorboard package)",
+    )
+    parser.addini("llmcycle_report", "report files to write (.md, .json, .html), relative to the rootdir", type="args", default=[])
+    parser.addini("llmcycle_history", "SQLite history file, relative to the rootdir", default=None)
+    parser.addini("llmcycle_tensorboard", "TensorBoard log folder, relative to the rootdir", default=None)
+    parser.addini(
+        "llmcycle_step_summary", "append the Markdown report to $GITHUB_STEP_SUMMARY when it is set (default: true)",
+        type="bool", default=True,
+    )
+
+
+def _configure_outputs(config: pytest.Config) -> None:
+    """Resolve output paths once: command line relative to the working folder, ini to the rootdir."""
+    import os
+    from pathlib import Path
+
+    from .outputs import FORMATS, report_format
+
+    def path(cli: Any, ini: Any) -> Any:
+        if cli:
+            return Path(os.path.abspath(os.path.expanduser(cli)))
+        if ini:
+            return config.rootpath / os.path.expanduser(ini)
+        return None
+
+    reports = [path(p, None) for p in config.getoption("llmcycle_report") or []]
+    reports = reports or [path(None, p) for p in config.getini("llmcycle_report")]
+    for p in reports:
+        if report_format(str(p)) is None:
+            raise pytest.UsageError(
+                f"--llmcycle-report {p}: unknown report format {p.suffix or '(no extension)'!r}; "
+                f"end the file name with one of {', '.join(sorted(FORMATS))}"
+            )
+    config.stash[OUTPUTS_KEY] = {
+        "reports": reports,
+        "history": path(config.getoption("llmcycle_history"), config.getini("llmcycle_history")),
+        "tensorboard": path(config.getoption("llmcycle_tensorboard"), config.getini("llmcycle_tensorboard")),
+        "step_summary": config.getini("llmcycle_step_summary"),
+        "messages": [],
+    }
+
+
+def _write_outputs(config: pytest.Config, run: Any) -> None:
+    out = config.stash.get(OUTPUTS_KEY, None)
+    if out is None or hasattr(config, "workerinput"):  # xdist workers: the controller writes
+        return
+    import os
+
+    results = list(run.results) if run is not None else []
+    summary = results and out["step_summary"] and os.environ.get("GITHUB_STEP_SUMMARY")
+    if not (out["reports"] or out["history"] or out["tensorboard"] or summary):
+        return
+    from .outputs import run_meta, write_outputs
+
+    meta = run_meta(run, config.rootpath)
+    out["messages"] = write_outputs(
+        results, meta, out["reports"], out["history"] if results else None,
+        out["tensorboard"] if results else None, out["step_summary"],
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,6 +198,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("llmcycle_skip") and config.getoption("llmcycle_only"):
         raise pytest.UsageError("--llmcycle-skip and --llmcycle-only exclude each other; give one")
     config.stash[SETTINGS_KEY] = settings
+    _configure_outputs(config)
+    _configure_parallel(config)
 
 
 def is_timing_test(item: pytest.Item) -> bool:
@@ -100,7 +221,7 @@ def get_run(config: pytest.Config) -> Any:
     if run is None:
         from .session import RunState
 
-        run = RunState(config.stash[SETTINGS_KEY], config.rootpath)
+        run = RunState(config.stash[SETTINGS_KEY], config.rootpath, **config.stash.get(PARALLEL_KEY, {}))
         config.stash[RUN_KEY] = run
     return run
 
@@ -167,8 +288,9 @@ def pytest_runtest_call(item: pytest.Item):
     if obj is None:
         return result
     failing = obj.finish()
-    for r in obj.results:
-        item.user_properties.append((f"llmcycle:{r.label}", f"{r.outcome} {r.median_ms}"))
+    from .outputs import junit_properties
+
+    item.user_properties.extend(junit_properties(obj.results))
     if failing:
         from .report import failure_message
 
@@ -179,7 +301,7 @@ def pytest_runtest_call(item: pytest.Item):
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN_KEY, None)
     if run is None or not run.pending:
-        return
+        return _write_outputs(session.config, run)
     from .baseline import BaselineError
 
     try:
@@ -190,6 +312,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except Exception as e:  # filelock.Timeout and friends: say it, don't crash the summary
         run.write_error = f"baselines NOT written: {type(e).__name__}: {e}"
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _write_outputs(session.config, run)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -213,3 +336,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {run.baseline_path}")
     if getattr(run, "write_error", None):
         tr.write_line(f"llmcycle: {run.write_error}", red=True)
+    for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):
+        tr.write_line(f"llmcycle: {message}", red=is_error)

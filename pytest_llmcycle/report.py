@@ -5,7 +5,7 @@ import shlex
 from typing import Iterable, Sequence
 
 from . import verdict as vd
-from .results import COLD, CYCLE, StageResult
+from .results import COLD, CYCLE, STAGE, StageResult
 
 _ORDER = {o: i for i, o in enumerate(vd.OUTCOMES)}
 
@@ -13,9 +13,9 @@ _ORDER = {o: i for i, o in enumerate(vd.OUTCOMES)}
 def fmt_ms(ms: float | None) -> str:
     if ms is None:
         return "-"
-    if ms >= 1000:
+    if ms >= 999.5:  # thresholds at the rounding edge: 0.9996 ms prints as "1 ms", not "1e+03 us"
         return f"{ms / 1000:.3g} s"
-    if ms >= 1:
+    if ms >= 0.9995:
         return f"{ms:.3g} ms"
     return f"{ms * 1000:.3g} us"
 
@@ -122,3 +122,55 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             out.append(f"  machine   {vd.machine_note(v.machine_factor)}")
     out.append(f"  to accept the new numbers: {accept_command(r.nodeid for r in rows)}")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- shared by the report files
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], lo: float | None = None, hi: float | None = None, bins: int = 10) -> str:
+    """A histogram of ``values`` over [lo, hi] as Unicode blocks (blank: an empty bin)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    if hi <= lo:
+        return BLOCKS[-1]
+    counts = [0] * bins
+    for v in values:
+        i = int((v - lo) / (hi - lo) * bins)
+        counts[min(max(i, 0), bins - 1)] += 1
+    top = max(counts)
+    return "".join(" " if c == 0 else BLOCKS[min(len(BLOCKS) - 1, (c * len(BLOCKS) - 1) // top)] for c in counts)
+
+
+def distribution_cell(r: StageResult) -> str:
+    """Sparkline of the current samples on a range that also spans the baseline's samples."""
+    if r.kind != STAGE or not r.samples_ms:
+        return ""
+    pool = list(r.samples_ms) + (list(r.baseline.samples_ms) if r.baseline is not None else [])
+    lo, hi = min(pool), max(pool)
+    unit = "" if r.unit == "call" else f"/{r.unit}"
+    return f"{sparkline(r.samples_ms, lo, hi)} {fmt_ms(lo)}..{fmt_ms(hi)}{unit}"
+
+
+def outcome_counts(results: Iterable[StageResult]) -> dict[str, int]:
+    """How many gated rows (stages and cycles, not cold calls) ended in each outcome."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.kind != COLD:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    return {o: counts[o] for o in sorted(counts, key=lambda o: _ORDER.get(o, 99))}
+
+
+def trend_sparkline(values: Sequence[float]) -> str:
+    """One block per value, its height between the series' min and max (a trend, not a histogram)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    if hi <= lo:
+        return BLOCKS[3] * len(values)
+    return "".join(BLOCKS[min(len(BLOCKS) - 1, int((v - lo) / (hi - lo) * len(BLOCKS)))] for v in values)

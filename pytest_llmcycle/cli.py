@@ -1,0 +1,296 @@
+"""The ``llmcycle`` command (also ``python -m pytest_llmcycle``): show, compare, prune, history.
+
+Exit codes follow the plugin: 0 ok, 1 a stage regressed, 2 a usage error (bad arguments, a file
+that cannot be read). Imports only the standard library at module level; each command
+imports what it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+OK, REGRESSION, USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem the user fixes by changing the command; printed as ``llmcycle: error: ...``."""
+
+
+def _print_rows(rows: list, fmt: str, out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "markdown":
+        from .report_markdown import table
+
+        print(table(rows), file=out)
+    else:
+        from .report import terminal_table
+
+        print(terminal_table(rows), file=out)
+
+
+# --------------------------------------------------------------------------- show
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from .compare import SnapshotError, load
+    from .report import fmt_ms
+
+    try:
+        snap = load(args.file)
+    except SnapshotError as e:
+        raise UsageError(str(e)) from None
+    rows = []
+    for (dk, nodeid, stage), e in sorted(snap.entries.items()):
+        if args.device_key and dk != args.device_key:
+            continue
+        if args.test and args.test not in nodeid:
+            continue
+        unit = "" if e.unit == "call" else f"/{e.unit}"
+        env = ", ".join(f"{k} {e.env[k]}" for k in ("threads", "torch", "dtype") if k in e.env)
+        rows.append([dk, nodeid, stage, fmt_ms(e.median_ms) + unit, f"{fmt_ms(e.q1_ms)} .. {fmt_ms(e.q3_ms)}", str(e.n),
+                     fmt_ms(e.cold_ms), env])
+    if args.format == "json":
+        keep = {(r[0], r[1], r[2]) for r in rows}
+        doc = {f"{dk} {n} {s}": e.to_json() for (dk, n, s), e in sorted(snap.entries.items()) if (dk, n, s) in keep}
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return OK
+    headers = ["device key", "test", "stage", "median", "IQR", "n", "cold", "environment"]
+    if args.format == "markdown":
+        from .report_markdown import cell
+
+        print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
+        for r in rows:
+            print("| " + " | ".join(cell(c) for c in r) + " |")
+    else:
+        from tabulate import tabulate
+
+        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    refs = ", ".join(f"{k} {fmt_ms(e.median_ms)}" for k, e in sorted(snap.references.items()))
+    print(f"\n{len(rows)} stage(s) in {snap.path} ({snap.kind})" + (f"; reference workload: {refs}" if refs else ""))
+    return OK
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import REMOVED, SnapshotError, compare, exit_code, load, to_json
+
+    try:
+        old, new = load(args.old), load(args.new)
+    except SnapshotError as e:
+        raise UsageError(str(e)) from None
+    rows = compare(old, new, args.threshold, args.alpha, args.device_key)
+    code = exit_code(rows, args.strict)
+    if args.format == "json":
+        print(to_json(rows, old=str(old.path), new=str(new.path), exit_code=code), end="")
+        return code
+    shown = [r for r in rows if r.outcome != REMOVED]
+    if shown:
+        _print_rows(shown, args.format)
+    removed = [r for r in rows if r.outcome == REMOVED]
+    for r in removed:
+        print(f"only in {old.path}: {r.device_key} {r.nodeid} {r.stage}")
+    common = sum(1 for r in rows if r.baseline is not None and r.outcome != REMOVED)
+    if not common:
+        keys_old = sorted({k for k, _, _ in old.entries}) or ["none"]
+        keys_new = sorted({k for k, _, _ in new.entries}) or ["none"]
+        print(f"llmcycle: no stage is in both files (device keys {', '.join(keys_old)} vs {', '.join(keys_new)})")
+    from .report import outcome_counts
+
+    counts = ", ".join(f"{n} {o}" for o, n in outcome_counts(shown).items()) or "nothing compared"
+    print(f"\n{counts}; exit code {code}")
+    return code
+
+
+# --------------------------------------------------------------------------- prune
+
+
+def collect_nodeids(rootdir: Path, pytest_args: str) -> set[str]:
+    """Node ids pytest collects now (``pytest --collect-only -q``), run in ``rootdir``."""
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *shlex.split(pytest_args)]
+    proc = subprocess.run(cmd, cwd=rootdir, capture_output=True, text=True, check=False)
+    if proc.returncode not in (0, 5):  # 5: no tests collected
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        raise UsageError(f"collecting tests failed (pytest exit code {proc.returncode}); nothing pruned:\n{tail}")
+    return {line.strip() for line in proc.stdout.splitlines() if "::" in line and not line.startswith(" ")}
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .baseline import Baselines, BaselineError, atomic_write_text, lock_path
+
+    path = Path(args.baseline)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such baseline file")
+    keep: set[str] = set(args.keep or [])
+    if args.keep_from:
+        text = sys.stdin.read() if args.keep_from == "-" else Path(args.keep_from).read_text(encoding="utf-8")
+        keep |= {line.strip() for line in text.splitlines() if "::" in line}
+    if args.collect:
+        keep |= collect_nodeids(Path(args.rootdir or "."), args.pytest_args)
+    if not keep:
+        raise UsageError("no test ids to keep (use --collect, --keep or --keep-from); refusing to remove every entry")
+    from filelock import FileLock
+
+    with FileLock(lock_path(path), timeout=60):
+        try:
+            b = Baselines.load(path)
+        except BaselineError as e:
+            raise UsageError(str(e)) from None
+        gone = sorted(
+            (dk, nodeid)
+            for dk, dev in b.devices().items()
+            if not args.device_key or dk == args.device_key
+            for nodeid in dev.get("tests", {})
+            if nodeid not in keep
+        )
+        for dk, nodeid in gone:
+            stages = ", ".join(sorted(b.devices()[dk]["tests"][nodeid]))
+            print(f"{'would remove' if args.dry_run else 'removed'}: {dk} {nodeid} ({stages})")
+        if gone and not args.dry_run:
+            for dk, nodeid in gone:
+                b.remove_test(dk, nodeid)
+            atomic_write_text(path, b.dumps())
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"llmcycle: {verb} {len(gone)} test entr{'y' if len(gone) == 1 else 'ies'} from {path}")
+    return OK
+
+
+# --------------------------------------------------------------------------- history
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .history import SQLiteHistory
+    from .report import fmt_ms, trend_sparkline
+
+    path = Path(args.db)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such history file (pytest --llmcycle-history {path} creates it)")
+    store = SQLiteHistory(path)
+    import sqlite3
+
+    try:
+        keys = store.keys()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path}: not a history file ({e})") from None
+    rows = []
+    for dk, nodeid, stage in keys:
+        if (args.device_key and dk != args.device_key) or (args.test and args.test not in nodeid) or (args.stage and args.stage != stage):
+            continue
+        points = [p for p in store.series(nodeid, stage, dk) if p.median_ms is not None][-args.last:]
+        if not points:
+            continue
+        unit = "" if points[-1].unit == "call" else f"/{points[-1].unit}"
+        first, last = points[0].median_ms, points[-1].median_ms
+        change = f"{(last / first - 1) * 100:+.1f}%" if first else "-"
+        rows.append([dk, nodeid, stage, str(len(points)), fmt_ms(first) + unit, fmt_ms(last) + unit, change,
+                     trend_sparkline([p.median_ms for p in points]), points[-1].outcome or "-"])
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=["device key", "test", "stage", "runs", "first", "last", "change", "trend", "last verdict"],
+                   tablefmt="simple", disable_numparse=True))
+    return OK
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0, e.g. 0.10 for 10%")
+    return v
+
+
+def _alpha(text: str) -> float:
+    v = _fraction(text)
+    if not v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1, e.g. 0.01")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmcycle",
+        description="Inspect, compare and maintain pytest-llmcycle baseline files, JSON reports and history.",
+        epilog="exit codes: 0 ok, 1 a stage regressed (compare), 2 usage error",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    fmt = dict(choices=["table", "markdown", "json"], default="table", help="output format (default: table)")
+
+    s = sub.add_parser("show", help="show a baseline file or JSON report as a table",
+                       description="Show every stored stage of a baseline file or a JSON report (--llmcycle-report x.json).")
+    s.add_argument("file", help="baseline file (.llmcycle/baselines.json) or JSON report")
+    s.add_argument("--device-key", help="only this device key")
+    s.add_argument("--test", help="only tests whose node id contains this text")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=cmd_show)
+
+    c = sub.add_parser(
+        "compare", help="judge NEW's stages against OLD's (exit 1 on a regression)",
+        description="Judge each stage in NEW against the same stage in OLD with the plugin's verdict engine "
+        "(threshold, Mann-Whitney U, bootstrap interval, machine-speed normalisation when both files carry a "
+        "reference workload). Each file is a baseline file or a JSON report, e.g. artifacts of main and of a PR.",
+        epilog="exit codes: 0 no regression, 1 a stage regressed, 2 usage error",
+    )
+    c.add_argument("old", help="the reference: baseline file or JSON report (e.g. from main)")
+    c.add_argument("new", help="the candidate: baseline file or JSON report (e.g. from the pull request)")
+    c.add_argument("--threshold", type=_fraction, default=None,
+                   help="slowdown that fails a stage (default: each test's own from a JSON report, else 0.10)")
+    c.add_argument("--alpha", type=_alpha, default=0.01, help="significance level (default: 0.01)")
+    c.add_argument("--device-key", help="only this device key")
+    c.add_argument("--strict", action="store_true", help="also fail (exit 1) stages with no comparable old entry")
+    c.add_argument("--format", **fmt)
+    c.set_defaults(func=cmd_compare)
+
+    pr = sub.add_parser(
+        "prune", help="remove entries of tests that no longer exist",
+        description="Remove baseline entries whose test no longer exists. Tests to keep come from collecting "
+        "(--collect runs pytest --collect-only -q) and/or node ids given. Prints what it removes; --dry-run "
+        "only prints. The file is rewritten atomically.",
+    )
+    pr.add_argument("baseline", help="baseline file, e.g. .llmcycle/baselines.json")
+    pr.add_argument("--collect", action="store_true", help="keep the tests that pytest collects now")
+    pr.add_argument("--pytest-args", default="", help="extra arguments for the collecting pytest, e.g. 'tests/'")
+    pr.add_argument("--rootdir", help="where to run the collecting pytest (default: the working folder)")
+    pr.add_argument("--keep", action="append", metavar="NODEID", help="a test node id to keep (repeatable)")
+    pr.add_argument("--keep-from", metavar="FILE", help="file of node ids to keep, one a line ('-': stdin)")
+    pr.add_argument("--device-key", help="prune only this device key's entries")
+    pr.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+    pr.set_defaults(func=cmd_prune)
+
+    h = sub.add_parser("history", help="trend of each stage from a history file",
+                       description="Per stage, the median over the runs stored by pytest --llmcycle-history PATH.")
+    h.add_argument("db", help="history file (SQLite)")
+    h.add_argument("--test", help="only tests whose node id contains this text")
+    h.add_argument("--stage", help="only this stage")
+    h.add_argument("--device-key", help="only this device key")
+    h.add_argument("--last", type=int, default=20, help="runs per stage to show (default: 20)")
+    h.set_defaults(func=cmd_history)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"llmcycle: error: {e}", file=sys.stderr)
+        return USAGE
+    except BrokenPipeError:  # `llmcycle show ... | head`
+        return OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Stored measurements from two files -> verdicts, with the plugin's own verdict engine.
+
+A *snapshot* is what one file holds: a baseline file (``.llmcycle/baselines.json``) or a JSON
+report (``--llmcycle-report x.json``), both read into ``(device_key, nodeid, stage) -> Entry``.
+Comparing two snapshots judges each stage's new samples against its old ones exactly as a test
+does (threshold, rank test, bootstrap interval, machine-speed normalisation when both files
+carry a reference workload); no re-measure is possible, so the samples must speak for
+themselves. Reads files, never times anything.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import verdict as vd
+from .baseline import Baselines, BaselineError, Entry
+from .results import StageResult
+
+Key = tuple  # (device_key, nodeid, stage)
+REMOVED = "removed"  # a stage only the old file has: listed, never gated
+
+
+class SnapshotError(Exception):
+    """A file that is neither a baseline file nor a JSON report; the message says which file."""
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    kind: str  # "baseline" or "report"
+    entries: dict = field(default_factory=dict)  # Key -> Entry
+    references: dict = field(default_factory=dict)  # device_key -> Entry
+    thresholds: dict = field(default_factory=dict)  # Key -> the threshold the test used (reports)
+    meta: dict = field(default_factory=dict)
+
+
+def _entry_from_row(row: dict) -> Entry:
+    samples = row.get("samples_ms") or [row["median_ms"]]
+    return Entry(
+        median_ms=float(row["median_ms"]),
+        q1_ms=float(row.get("q1_ms") or row["median_ms"]),
+        q3_ms=float(row.get("q3_ms") or row["median_ms"]),
+        n=int(row.get("n") or len(samples)),
+        samples_ms=tuple(float(s) for s in samples),
+        unit=str(row.get("unit", "call")),
+        cold_ms=row.get("cold_ms"),
+        env=dict(row.get("env") or {}),
+        counters=dict(row.get("counters") or {}),
+    )
+
+
+def load(path: str | Path) -> Snapshot:
+    from .report_json import is_report
+
+    p = Path(path)
+    if not p.is_file():
+        raise SnapshotError(f"{p}: no such file")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapshotError(f"{p}: not a readable JSON file ({e})") from None
+    if is_report(doc):
+        snap = Snapshot(p, "report", meta=dict(doc.get("meta") or {}))
+        for row in doc.get("results") or []:
+            if row.get("kind", "stage") != "stage" or row.get("median_ms") is None:
+                continue  # cycle totals and cold calls are derived, not stored measurements
+            key = (row.get("device_key", ""), row["nodeid"], row["stage"])
+            snap.entries[key] = _entry_from_row(row)
+            snap.thresholds[key] = (row.get("verdict") or {}).get("threshold")
+        return snap
+    if isinstance(doc, dict) and "schema" in doc:
+        try:
+            b = Baselines.loads(p.read_text(encoding="utf-8"), p)
+        except BaselineError as e:
+            raise SnapshotError(str(e)) from None
+        snap = Snapshot(p, "baseline")
+        for key, nodeid, stage, entry in b.iter_entries():
+            snap.entries[(key, nodeid, stage)] = entry
+        for key in b.devices():
+            ref = b.reference(key)
+            if ref is not None:
+                snap.references[key] = ref
+        return snap
+    raise SnapshotError(f"{p}: neither a pytest-llmcycle baseline file nor a JSON report (--llmcycle-report x.json)")
+
+
+def machine_factor(old: Snapshot, new: Snapshot, device_key: str) -> float | None:
+    """New / old median of the reference workload, when both files stored the same one."""
+    a, b = old.references.get(device_key), new.references.get(device_key)
+    if a is None or b is None or a.extra.get("workload") != b.extra.get("workload"):
+        return None
+    return b.median_ms / a.median_ms
+
+
+def compare(
+    old: Snapshot,
+    new: Snapshot,
+    threshold: float | None = None,
+    alpha: float = 0.01,
+    device_key: str | None = None,
+) -> list[StageResult]:
+    """One row per stage in either file. ``threshold`` None: the test's own (reports), else 10 %."""
+    rows = []
+    for key in sorted(set(old.entries) | set(new.entries)):
+        dk, nodeid, stage = key
+        if device_key is not None and dk != device_key:
+            continue
+        before, after = old.entries.get(key), new.entries.get(key)
+        thr = threshold if threshold is not None else (new.thresholds.get(key) or old.thresholds.get(key) or 0.10)
+        if after is None:
+            v = vd.Verdict(REMOVED, thr, thr, reason=f"only in {old.path.name}")
+            rows.append(StageResult(nodeid, stage, dk, v, unit=before.unit, median_ms=None, baseline=before))
+            continue
+        if before is None:
+            v = vd.judge(None, after.samples_ms, thr, alpha)
+        elif before.unit != after.unit:
+            v = vd.judge([1.0], after.samples_ms, thr, alpha, None, f"unit changed: {before.unit} -> {after.unit}")
+        else:
+            mismatch = vd.env_mismatch(dict(before.env), dict(after.env))
+            m = machine_factor(old, new, dk)
+            v = vd.judge(list(before.samples_ms), list(after.samples_ms), thr, alpha, m, mismatch)
+        rows.append(
+            StageResult(
+                nodeid, stage, dk, v, unit=after.unit, median_ms=after.median_ms, q1_ms=after.q1_ms, q3_ms=after.q3_ms,
+                n=after.n, baseline=before, cold_ms=after.cold_ms, samples_ms=tuple(after.samples_ms), env=dict(after.env),
+                counters=dict(after.counters),
+            )
+        )
+    return rows
+
+
+def exit_code(rows: list[StageResult], strict: bool = False) -> int:
+    """The plugin's exit codes: 1 when a stage regressed (or, strict, has no usable baseline)."""
+    bad = {vd.REGRESSED} | ({vd.NEW, vd.NOT_COMPARABLE} if strict else set())
+    return 1 if any(r.outcome in bad for r in rows) else 0
+
+
+def to_json(rows: list[StageResult], **about: Any) -> str:
+    from .report_json import result_dict
+
+    return json.dumps({"compare": about, "results": [result_dict(r) for r in rows]}, indent=1, sort_keys=True, default=str) + "\n"

@@ -1,0 +1,190 @@
+"""What a run leaves behind besides the terminal: report files, the GitHub job summary, the
+history store, TensorBoard scalars and JUnit properties.
+
+The plugin calls :func:`write_outputs` once at the end of the session (on the controller, not
+on xdist workers) and :func:`junit_properties` per test item. Nothing here times anything.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from .results import StageResult
+
+# Stdlib only at import: the plugin imports this module in every run (report paths are checked
+# at configure time), so numpy and friends load only when something is written.
+COLD, CYCLE = "cold", "cycle"  # == results.COLD, results.CYCLE (tested)
+
+#: report formats by file extension
+FORMATS = {".md": "markdown", ".markdown": "markdown", ".json": "json", ".html": "html", ".htm": "html"}
+
+
+def report_format(path: str) -> str | None:
+    return FORMATS.get(Path(path).suffix.lower())
+
+
+def _round(x: float | None) -> float | None:
+    from .baseline import round_sig
+
+    return None if x is None else round_sig(float(x))
+
+
+def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
+    """``llmcycle.<stage>.median_ms`` / ``.baseline_ms`` / ``.change`` / ``.verdict`` ... per row."""
+    props: list[tuple[str, Any]] = []
+    for r in results:
+        if r.kind == COLD:
+            props.append((f"llmcycle.{r.stage}.cold_ms", _round(r.median_ms)))
+            continue
+        name = "cycle" if r.kind == CYCLE else r.stage
+        p = f"llmcycle.{name}"
+        props.append((f"{p}.median_ms", _round(r.median_ms)))
+        if r.baseline is not None:
+            props.append((f"{p}.baseline_ms", _round(r.baseline.median_ms)))
+        if r.verdict.change is not None:
+            props.append((f"{p}.change", round(r.verdict.change, 4)))
+        props.append((f"{p}.verdict", r.outcome))
+        if r.unit != "call":
+            props.append((f"{p}.unit", f"ms/{r.unit}"))
+        if r.kind == CYCLE:
+            props.append((f"{p}.terms", r.stage))
+    return props
+
+
+def _commit(rootdir: Path) -> str | None:
+    sha = os.environ.get("GITHUB_SHA")
+    if sha:
+        return sha
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
+    """Facts about the run that reports, history and the CLI show (no device work is started)."""
+    from . import __version__
+    from . import device as devmod
+
+    meta: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "plugin_version": __version__,
+        "commit": _commit(rootdir),
+    }
+    meta.update(devmod.library_versions())
+    if os.environ.get("GITHUB_REF_NAME"):
+        meta["ref"] = os.environ["GITHUB_REF_NAME"]
+    if run is None:
+        return meta
+    s = run.settings
+    meta["settings"] = {"threshold": s.threshold, "alpha": s.alpha, "budget_s": s.budget_s, "update": s.update}
+    try:
+        meta["baseline_file"] = str(Path(run.baseline_path).relative_to(rootdir))
+    except ValueError:
+        meta["baseline_file"] = str(run.baseline_path)
+    if run.results:  # the device was resolved by the tests: naming it costs nothing more
+        meta["device"] = run.device
+        meta["device_key"] = run.device_key
+        meta["threads"] = run.threads
+        try:
+            meta["device_name"] = devmod.device_name(run.device)
+        except Exception:  # a device name is decoration; never fail the run for it
+            pass
+    return meta
+
+
+def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict | None = None) -> str:
+    if fmt == "markdown":
+        from . import report_markdown
+
+        return report_markdown.render(results, meta)
+    if fmt == "json":
+        from . import report_json
+
+        return report_json.render(results, meta)
+    from . import report_html
+
+    return report_html.render(results, meta, trends)
+
+
+def _trends(store: Any, results: Sequence["StageResult"]) -> dict:
+    return {(r.nodeid, r.stage): store.series(r.nodeid, r.stage, r.device_key) for r in results if r.kind != COLD}
+
+
+def write_outputs(
+    results: Sequence["StageResult"],
+    meta: dict,
+    reports: Sequence[Path] = (),
+    history: Path | None = None,
+    tensorboard: Path | None = None,
+    step_summary: bool = True,
+) -> list[tuple[str, bool]]:
+    """Write every requested output; returns (message, is_error) lines for the terminal.
+
+    One output failing (a read-only folder, a locked database) never stops the others, and
+    never changes the run's outcome: the tests have been judged already.
+    """
+    from .baseline import atomic_write_text
+
+    messages: list[tuple[str, bool]] = []
+    trends: dict = {}
+    if history is not None:
+        try:
+            from .history import open_store
+
+            store = open_store(history)
+            store.append(meta, results)
+            trends = _trends(store, results)
+            messages.append((f"appended {len(results)} row(s) to history {history}", False))
+        except Exception as e:  # sqlite3.Error, OSError
+            messages.append((f"history {history} NOT written: {type(e).__name__}: {e}", True))
+    for path in reports:
+        fmt = report_format(str(path)) or "markdown"
+        try:
+            atomic_write_text(path, render(fmt, results, meta, trends))
+            messages.append((f"wrote {fmt} report {path}", False))
+        except (OSError, ValueError) as e:
+            messages.append((f"report {path} NOT written: {e}", True))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and summary and results:
+        try:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(render("markdown", results, meta) + "\n")
+        except OSError as e:
+            messages.append((f"GITHUB_STEP_SUMMARY {summary} NOT written: {e}", True))
+    if tensorboard is not None:
+        messages.append(export_tensorboard(tensorboard, results, meta))
+    return messages
+
+
+def export_tensorboard(logdir: Path, results: Sequence["StageResult"], meta: dict) -> tuple[str, bool]:
+    """Scalars ``<test>/<stage>/median_ms`` at step = seconds since the epoch; needs tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except Exception:
+        return ("--llmcycle-tensorboard: the tensorboard package is not installed; scalars not exported", False)
+    step = int(datetime.now(timezone.utc).timestamp())
+    writer = SummaryWriter(log_dir=str(logdir))
+    try:
+        for r in results:
+            if r.kind == COLD or r.median_ms is None:
+                continue
+            tag = f"{r.nodeid}/{'cycle' if r.kind == CYCLE else r.stage}"
+            writer.add_scalar(f"{tag}/median_ms", r.median_ms, step)
+            if r.verdict.change is not None:
+                writer.add_scalar(f"{tag}/change", r.verdict.change, step)
+    finally:
+        writer.close()
+    return (f"exported scalars to TensorBoard logdir {logdir}", False)

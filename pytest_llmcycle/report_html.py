@@ -1,0 +1,224 @@
+"""The HTML report: one self-contained file (inline CSS, SVG and a few lines of JS, no network).
+
+Per test: its rows as a table; per stage, a strip plot of the current samples against the
+baseline's (boxes at the quartiles, the line where the stage would fail); for per-token
+stages, the latency of each generated token in order when the stage recorded it; with a
+history store, the stage's median over past runs. Rendering only.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Mapping, Sequence
+
+from . import verdict as vd
+from .report import fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
+from .results import COLD, STAGE, StageResult
+
+W, LANE, PAD_L, PAD_R = 680, 26, 80, 50
+COLORS = {
+    vd.REGRESSED: "#c62828",
+    vd.INCONCLUSIVE: "#ef8f00",
+    vd.NOT_COMPARABLE: "#7b7b7b",
+    vd.NEW: "#1565c0",
+    vd.IMPROVED: "#2e7d32",
+    vd.OK: "#2e7d32",
+}
+CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:20px}h2{font-size:15px;font-family:ui-monospace,monospace;margin:0 0 8px}
+table{border-collapse:collapse;margin:6px 0 10px}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+section.test{border:1px solid #ddd;border-radius:6px;padding:12px;margin:14px 0}
+.badge{display:inline-block;border-radius:10px;padding:0 8px;color:#fff;font-size:12px}
+.reason{color:#555;font-size:12px}figure{margin:6px 0 12px}figcaption{font-size:12px;color:#555}
+svg text{font:11px system-ui,sans-serif;fill:#444}details{margin:10px 0}
+"""
+JS = """
+document.getElementById('only-failing').addEventListener('change',function(e){
+  document.querySelectorAll('section.test').forEach(function(s){
+    s.style.display=(e.target.checked&&s.dataset.ok==='1')?'none':'';});});
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def badge(outcome: str, text: str | None = None) -> str:
+    return f'<span class="badge" style="background:{COLORS.get(outcome, "#555")}">{esc(text or outcome)}</span>'
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    s = sorted(values)
+
+    def q(p: float) -> float:
+        k = (len(s) - 1) * p
+        i = int(k)
+        return s[i] + (s[min(i + 1, len(s) - 1)] - s[i]) * (k - i)
+
+    return q(0.25), q(0.5), q(0.75)
+
+
+def strip_plot(r: StageResult) -> str:
+    """Samples of the baseline (grey) and of this run (verdict colour) on one millisecond axis."""
+    lanes = []
+    if r.baseline is not None and r.baseline.samples_ms:
+        lanes.append(("baseline", list(r.baseline.samples_ms), "#8a8a8a"))
+    lanes.append(("current", list(r.samples_ms), COLORS.get(r.outcome, "#555")))
+    pool = [v for _, vals, _ in lanes for v in vals]
+    fail_at = None
+    if r.baseline is not None and r.outcome != vd.NOT_COMPARABLE:
+        fail_at = r.baseline.median_ms * (1 + r.verdict.effective_threshold)
+        pool.append(fail_at)
+    lo, hi = min(pool), max(pool)
+    span = (hi - lo) or max(hi, 1e-9) * 0.1
+    lo, hi = lo - span * 0.05, hi + span * 0.05
+    h = LANE * len(lanes) + 30
+
+    def x(v: float) -> float:
+        return PAD_L + (v - lo) / (hi - lo) * (W - PAD_L - PAD_R)
+
+    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img">']
+    for i, (name, vals, color) in enumerate(lanes):
+        y0 = 8 + i * LANE
+        q1, med, q3 = _quartiles(vals)
+        parts.append(f'<text x="4" y="{y0 + 14}">{name}</text>')
+        parts.append(
+            f'<rect x="{x(q1):.1f}" y="{y0 + 2}" width="{max(x(q3) - x(q1), 1):.1f}" height="{LANE - 6}" '
+            f'fill="{color}" fill-opacity="0.15" stroke="{color}"><title>{name}: IQR {esc(fmt_ms(q1))} .. {esc(fmt_ms(q3))}</title></rect>'
+        )
+        parts.append(f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{y0}" y2="{y0 + LANE - 2}" stroke="{color}" stroke-width="2"/>')
+        for j, v in enumerate(vals):
+            jitter = (j * 0.6180339887) % 1.0 * (LANE - 12)  # golden-ratio steps: scattered, yet reproducible
+            parts.append(f'<circle cx="{x(v):.1f}" cy="{y0 + 5 + jitter:.1f}" r="2" fill="{color}" fill-opacity="0.6"/>')
+    if fail_at is not None:
+        fx = x(fail_at)
+        parts.append(
+            f'<line x1="{fx:.1f}" x2="{fx:.1f}" y1="4" y2="{h - 22}" stroke="#c62828" stroke-dasharray="4 3">'
+            f"<title>fails above {esc(fmt_ms(fail_at))} (baseline median + {r.verdict.effective_threshold:.0%})</title></line>"
+        )
+    ya = h - 20
+    parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{ya}" y2="{ya}" stroke="#999"/>')
+    for t in _ticks(lo, hi):
+        parts.append(f'<text x="{x(t):.1f}" y="{ya + 14}" text-anchor="middle">{esc(fmt_ms(t))}</text>')
+    if r.unit != "call":
+        parts.append(f'<text x="4" y="{ya + 14}">per {esc(r.unit)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_chart(ys: Sequence[float], *, band: Sequence[tuple[float, float]] | None = None, labels: Sequence[str] | None = None,
+               color: str = "#1565c0", unit: str = "") -> str:
+    """A small line chart of ``ys`` (ms) over their index, with an optional q1..q3 band."""
+    h, top, bottom = 140, 10, 24
+    lo = min(list(ys) + [b[0] for b in band or []])
+    hi = max(list(ys) + [b[1] for b in band or []])
+    lo, hi = (lo * 0.95, hi * 1.05) if hi > lo else (lo * 0.9, hi * 1.1 + 1e-9)
+    n = len(ys)
+
+    def x(i: float) -> float:
+        return PAD_L + (i / max(n - 1, 1)) * (W - PAD_L - PAD_R)
+
+    def y(v: float) -> float:
+        return top + (hi - v) / (hi - lo) * (h - top - bottom)
+
+    parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img">']
+    if band:
+        pts = [f"{x(i):.1f},{y(b[1]):.1f}" for i, b in enumerate(band)] + [
+            f"{x(i):.1f},{y(b[0]):.1f}" for i, b in reversed(list(enumerate(band)))
+        ]
+        parts.append(f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.15"/>')
+    pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys))
+    parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+    for i, v in enumerate(ys):
+        tip = (labels[i] + ": " if labels else f"#{i + 1}: ") + fmt_ms(v) + unit
+        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{esc(tip)}</title></circle>')
+    for t in _ticks(lo, hi, 3):
+        parts.append(f'<text x="{PAD_L - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{esc(fmt_ms(t))}</text>')
+    parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{h - bottom}" y2="{h - bottom}" stroke="#999"/>')
+    parts.append(f'<text x="{PAD_L}" y="{h - 6}">{esc(labels[0] if labels else "1")}</text>')
+    parts.append(f'<text x="{W - PAD_R}" y="{h - 6}" text-anchor="end">{esc(labels[-1] if labels else str(n))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def timeline(r: StageResult) -> Sequence[float] | None:
+    """Per-token latencies in generation order, when the stage recorded them."""
+    t = getattr(r, "timeline_ms", None) or r.counters.get("timeline_ms")
+    return list(t) if t and len(t) >= 2 else None
+
+
+def _rows_table(rows: Sequence[StageResult]) -> str:
+    out = ["<table><tr><th>stage</th><th>baseline</th><th>current</th><th>change</th><th>n</th><th>verdict</th><th>why</th></tr>"]
+    for r in rows:
+        unit = "" if r.unit == "call" else f"/{r.unit}"
+        base = fmt_ms(r.baseline.median_ms) + unit if r.baseline else "-"
+        out.append(
+            f"<tr><td>{esc(r.label)}</td><td class=num>{esc(base)}</td><td class=num>{esc(fmt_ms(r.median_ms) + unit)}</td>"
+            f"<td class=num>{esc(fmt_change(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{r.n}</td>"
+            f"<td>{badge(r.outcome if r.kind != COLD else 'info', verdict_cell(r))}</td>"
+            f'<td class="reason">{esc(r.verdict.reason)}</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _test_section(nodeid: str, rows: Sequence[StageResult], trends: Mapping[tuple[str, str], Sequence[Any]]) -> str:
+    ok = all(r.outcome in (vd.OK, vd.IMPROVED, vd.NEW) or r.kind == COLD for r in rows)
+    worst = min((r.outcome for r in rows if r.kind != COLD), key=lambda o: vd.OUTCOMES.index(o) if o in vd.OUTCOMES else 99, default=vd.OK)
+    out = [f'<section class="test" data-ok="{int(ok)}"><h2>{badge(worst)} {esc(nodeid)}</h2>', _rows_table(rows)]
+    for r in rows:
+        if r.kind != STAGE or not r.samples_ms:
+            continue
+        unit = "" if r.unit == "call" else f" per {r.unit}"
+        out.append(f"<figure>{strip_plot(r)}<figcaption>{esc(r.stage)}: samples{esc(unit)}, baseline vs this run"
+                   f"{' (dashed: where the stage would fail)' if r.baseline is not None else ''}</figcaption></figure>")
+        t = timeline(r)
+        if t:
+            out.append(f"<figure>{line_chart(t, unit='/token')}<figcaption>{esc(r.stage)}: latency of each generated token, in order</figcaption></figure>")
+        points = [p for p in trends.get((r.nodeid, r.stage), []) if getattr(p, "median_ms", None) is not None]
+        if len(points) >= 2:
+            out.append(
+                "<figure>"
+                + line_chart(
+                    [p.median_ms for p in points],
+                    band=[(p.q1_ms or p.median_ms, p.q3_ms or p.median_ms) for p in points],
+                    labels=[(p.created or "")[:16] + (f" {p.commit[:8]}" if p.commit else "") for p in points],
+                    color="#6a1b9a",
+                    unit="" if r.unit == "call" else f"/{r.unit}",
+                )
+                + f"<figcaption>{esc(r.stage)}: median (band: quartiles) over the last {len(points)} runs</figcaption></figure>"
+            )
+    out.append("</section>")
+    return "".join(out)
+
+
+def render(
+    results: Sequence[StageResult],
+    meta: Mapping[str, Any],
+    trends: Mapping[tuple[str, str], Sequence[Any]] | None = None,
+    title: str = "pytest-llmcycle report",
+) -> str:
+    ordered = sort_rows(results)
+    groups: dict[str, list[StageResult]] = {}
+    for r in ordered:
+        groups.setdefault(r.nodeid, []).append(r)
+    counts = ", ".join(f"{n} {o}" for o, n in outcome_counts(results).items()) or "no stages measured"
+    env = "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in sorted(meta.items()) if not isinstance(v, (dict, list))
+    )
+    env += "".join(f"<tr><th>setting {esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in sorted((meta.get("settings") or {}).items()))
+    body = "".join(_test_section(n, rows, trends or {}) for n, rows in groups.items())
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{esc(title)}</h1><p>{esc(counts)}"
+        + (f" on <code>{esc(meta['device_key'])}</code>" if meta.get("device_key") else "")
+        + "</p><label><input type=checkbox id=only-failing> hide tests where every stage passed cleanly</label>"
+        f"<details><summary>Environment</summary><table>{env}</table></details>{body}"
+        f"<script>{JS}</script></body></html>\n"
+    )

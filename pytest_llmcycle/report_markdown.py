@@ -1,0 +1,112 @@
+"""The Markdown report: one table for a pull-request comment or a GitHub job summary.
+
+Regressions first, a histogram sparkline of each stage's samples (on a range that also spans
+its baseline's samples, so a shift shows), the command that accepts the new numbers, and the
+environment in a collapsible ``<details>`` block. Rendering only.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from . import verdict as vd
+from .report import accept_command, distribution_cell, fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
+from .results import COLD, StageResult
+
+ICONS = {
+    vd.REGRESSED: "❌",
+    vd.INCONCLUSIVE: "⚠️",
+    vd.NOT_COMPARABLE: "⚪",
+    vd.NEW: "🆕",
+    vd.IMPROVED: "🚀",
+    vd.OK: "✅",
+}
+HEADERS = ["", "test", "stage", "baseline", "current", "change", "verdict", "samples"]
+
+#: environment rows of the <details> block: (meta key, label)
+ENV_ROWS = [
+    ("device_key", "device key"),
+    ("device", "device"),
+    ("device_name", "device name"),
+    ("threads", "torch threads"),
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("python", "Python"),
+    ("platform", "platform"),
+    ("plugin_version", "pytest-llmcycle"),
+    ("commit", "commit"),
+    ("baseline_file", "baseline file"),
+    ("created", "run finished"),
+]
+
+
+def cell(text: Any) -> str:
+    """A table cell: pipes escaped, newlines flattened."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def code(text: str) -> str:
+    """An inline code cell; a pipe still needs its backslash inside code in a GFM table."""
+    return "`" + str(text).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+
+
+def summary_line(results: Sequence[StageResult]) -> str:
+    counts = outcome_counts(results)
+    if not counts:
+        return "no stages measured"
+    return ", ".join(f"{n} {o}" for o, n in counts.items())
+
+
+def row(r: StageResult) -> list[str]:
+    unit = "" if r.unit == "call" else f"/{r.unit}"
+    verdict = verdict_cell(r)
+    if r.outcome == vd.REGRESSED:
+        verdict = f"**{verdict}**"
+    return [
+        "" if r.kind == COLD else ICONS.get(r.outcome, ""),
+        code(r.nodeid),
+        cell(r.label),
+        fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else ""),
+        fmt_ms(r.median_ms) + unit,
+        fmt_change(r.verdict) if r.kind != COLD else "-",
+        cell(verdict),
+        code(distribution_cell(r)) if distribution_cell(r) else "",
+    ]
+
+
+def table(results: Sequence[StageResult]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    for r in sort_rows(results):
+        lines.append("| " + " | ".join(row(r)) + " |")
+    return "\n".join(lines)
+
+
+def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str = "pytest-llmcycle") -> str:
+    results = list(results)
+    failing = [r for r in results if r.outcome == vd.REGRESSED]
+    head = ICONS[vd.REGRESSED] if failing else ICONS[vd.OK]
+    where = meta.get("device_key")
+    out = [f"### {head} {title}: {summary_line(results)}" + (f" on `{where}`" if where else ""), ""]
+    if results:
+        out += [table(results), ""]
+    if failing:
+        out += [
+            "A stage fails only when it is slower than its baseline by more than the threshold, "
+            "significantly, and a re-measure confirms it. To accept the new numbers, record them "
+            "and commit the baseline file (the diff shows the change to review):",
+            "",
+            "```",
+            accept_command(r.nodeid for r in failing),
+            "```",
+            "",
+        ]
+    notes = sorted({f"{r.label}: {r.verdict.reason}" for r in results if r.outcome in (vd.INCONCLUSIVE, vd.NOT_COMPARABLE)})
+    if notes:
+        out += ["<details><summary>Notes</summary>", ""] + [f"- {cell(n)}" for n in notes] + ["", "</details>", ""]
+    env = [(label, meta[key]) for key, label in ENV_ROWS if meta.get(key) not in (None, "")]
+    settings = meta.get("settings") or {}
+    env += [(f"setting {k}", v) for k, v in sorted(settings.items()) if v is not None]
+    if env:
+        out += ["<details><summary>Environment</summary>", "", "| | |", "|---|---|"]
+        out += [f"| {cell(k)} | {cell(v)} |" for k, v in env]
+        out += ["", "</details>", ""]
+    return "\n".join(out)
