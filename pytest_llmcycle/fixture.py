@@ -5,6 +5,7 @@ and rendering live in their own modules.
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,6 +26,62 @@ BLOCK_MIN_SAMPLES = 10
 CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
 
 
+class StageDeadline:
+    """A stage's hard limit (``--llmcycle-stage-timeout``), enforced between calls.
+
+    A timer thread raises a flag when the limit passes; the wrapped workload reads the flag
+    before each call (no clock read: ~50 ns a call), so a stage running far past its budget
+    ends at its next call with a clear failure instead of holding CI (and the device's timing
+    lock) for hours. A single call that never returns cannot be stopped from here: that is
+    pytest-timeout's job (see the README).
+    """
+
+    def __init__(self, stage: str, limit_s: float | None) -> None:
+        self.stage = stage
+        self.limit_s = limit_s
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> "StageDeadline":
+        if self.limit_s is not None:
+            self._timer = threading.Timer(self.limit_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+
+    def check(self) -> None:
+        if self.expired:
+            self.fail()
+
+    def fail(self) -> None:
+        import pytest
+
+        pytest.fail(
+            f"llmcycle: stage {self.stage!r} ran past its hard limit of {self.limit_s:g} s and was stopped: "
+            "it hangs, or is far slower than its time budget; fix it, or raise the limit with "
+            "--llmcycle-stage-timeout SECONDS (0: no limit)",
+            pytrace=False,
+        )
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if self.limit_s is None:
+            return fn
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.expired:
+                self.fail()
+            return fn(*args, **kwargs)
+
+        return guarded
+
+
 class LLMCycle(LLMStages):
     """Times the stages of one inference cycle in one test.
 
@@ -42,6 +99,7 @@ class LLMCycle(LLMStages):
         self._final_samples: dict[str, list[float]] = {}
         self._blocks: dict[str, list[float]] = {}
         self._block_dtype: dict[str, str | None] = {}
+        self._block_started: dict[str, float] = {}
         self._machine_factor: float | None = None
         self._entries: list[tuple[str, Entry]] = []
         #: the clock stages are timed with; tests replace it with a fake to test verdicts
@@ -84,8 +142,8 @@ class LLMCycle(LLMStages):
         dev = self._run.device
 
         def take() -> Measurement:
-            with pinned_threads(self.threads):
-                return time_callable(fn, dev, policy, self.clock)
+            with self.timed_section(stage) as deadline:
+                return time_callable(deadline.wrap(fn), dev, policy, self.clock)
 
         return self.record(stage, take(), remeasure=take, dtype=dtype or devmod.dtype_of(fn), cycle_weight=1.0 if cycle else 0.0)
 
@@ -99,7 +157,8 @@ class LLMCycle(LLMStages):
         if name not in self._blocks:
             self._check_stage(name)  # first run of this block: the same name rules as measure()
         sync = devmod.synchronizer(self._run.device)
-        with pinned_threads(self.threads):
+        started = self._block_started.setdefault(name, time.monotonic())
+        with self._run.timing_lock(), pinned_threads(self.threads):
             sync()
             t0 = self.clock()
             yield
@@ -109,6 +168,21 @@ class LLMCycle(LLMStages):
         # baseline file invalid (times must be positive), so count it as one tick.
         self._blocks.setdefault(name, []).append(float(max(elapsed, 1)))
         self._block_dtype[name] = dtype
+        limit = self._run.stage_limit_s(self.settings.budget_s)
+        if limit is not None and time.monotonic() - started > limit:  # the block's runs so far, in total
+            StageDeadline(name, limit).fail()
+
+    @contextmanager
+    def timed_section(self, stage: str) -> Iterator[StageDeadline]:
+        """Where every timed measurement runs: the device's timing lock (xdist workers take
+        turns), pinned threads, and the stage's hard limit.
+
+        Helpers with their own timers use it around each measurement they take, and wrap the
+        timed callable with ``deadline.wrap(fn)`` (or call ``deadline.check()`` between calls).
+        """
+        limit = self._run.stage_limit_s(self.settings.budget_s)
+        with self._run.timing_lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
+            yield deadline
 
     def record(
         self,

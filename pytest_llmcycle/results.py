@@ -1,8 +1,8 @@
 """What one stage of one test came to: the record that reports, JUnit and the CLI read."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
 from .baseline import Entry
 from .verdict import Verdict
@@ -68,3 +68,31 @@ class StageResult:
         }
         d["verdict"]["change"] = self.verdict.change
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StageResult":
+        """The record back from :meth:`to_dict` (how xdist workers hand results to the controller).
+
+        ``to_dict`` keeps only the baseline's median; when ``d["baseline"]`` holds the whole
+        :class:`Entry` (its fields, as ``dataclasses.asdict`` gives them) that is used instead.
+        Unknown keys are ignored, so a record with fields this version lacks still reads.
+        """
+        names = {f.name for f in fields(Verdict)}
+        v = {k: x for k, x in d["verdict"].items() if k in names}
+        if v.get("ci") is not None:
+            v["ci"] = tuple(v["ci"])
+        full = d.get("baseline")
+        if isinstance(full, Mapping):
+            names = {f.name for f in fields(Entry)}
+            e = {k: x for k, x in full.items() if k in names}
+            baseline: Entry | None = Entry(**{**e, "samples_ms": tuple(e.get("samples_ms", ()))})
+        elif d.get("baseline_median_ms") is not None:
+            m = d["baseline_median_ms"]
+            baseline = Entry(m, m, m, 1, (m,))
+        else:
+            baseline = None
+        own = {f.name for f in fields(cls)} - {"verdict", "baseline"}
+        kw = {k: d[k] for k in own if k in d}
+        if "samples_ms" in kw:
+            kw["samples_ms"] = tuple(kw["samples_ms"])
+        return cls(verdict=Verdict(**v), baseline=baseline, **kw)

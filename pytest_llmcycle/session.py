@@ -6,13 +6,32 @@ only when the first timing test needs them, so suites without timing tests pay n
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import device as devmod
 from .baseline import Baselines, BaselineError, Entry, merge_into_file
 from .config import Settings
 from .results import StageResult
+
+
+#: the per-stage hard limit when --llmcycle-stage-timeout is not given: this, or 60x the budget
+DEFAULT_STAGE_TIMEOUT_S = 300.0
+
+
+class LockWaitTimeout(RuntimeError):
+    """Waited too long for another process's timed section on the same device."""
+
+
+def timing_lock_path(device: str) -> str:
+    """One lock file per device (and user), in the temp dir: all timed sections on a device
+    (xdist workers, parallel pytest runs) take turns, wherever their baseline files are."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device)
+    return os.path.join(tempfile.gettempdir(), f"pytest-llmcycle-timing-{uid}-{safe}.lock")
 
 
 def ns_to_ms(samples: Any) -> list[float]:
@@ -39,8 +58,24 @@ def entry_from_samples(samples_ms, unit, cold_ms, env, counters=None, extra=None
 
 
 class RunState:
-    def __init__(self, settings: Settings, rootdir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rootdir: Path,
+        *,
+        stage_timeout_s: float | None = None,
+        worker_index: int | None = None,
+        worker_count: int = 1,
+        pin_gpus: bool = False,
+    ) -> None:
         self.settings = settings
+        #: --llmcycle-stage-timeout: None = the default (see stage_limit_s), 0 = no limit
+        self.stage_timeout_s = stage_timeout_s
+        #: this process's xdist worker number (gw3 -> 3) and the number of workers, or None/1
+        self.worker_index = worker_index
+        self.worker_count = worker_count
+        self.pin_gpus = pin_gpus
+        self._timing_locks: dict[str, Any] = {}
         path = Path(os.path.expanduser(settings.baseline))
         # ".." is collapsed lexically (no stray folders are created for "a/../b.json");
         # symlinks are kept here and followed when the file is written (baseline.atomic_write_text)
@@ -63,7 +98,12 @@ class RunState:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = devmod.resolve_device(self.settings.device)
+            spec = self.settings.device
+            if self.pin_gpus and self.worker_index is not None:
+                from .xdist import pin_worker_device
+
+                spec = pin_worker_device(spec, self.worker_index)
+            self._device = devmod.resolve_device(spec)
         return self._device
 
     @property
@@ -92,6 +132,43 @@ class RunState:
             return f"baseline path {p} is a folder; give a .json file path"
         return None
 
+    # ---- taking turns on the device
+    def stage_limit_s(self, budget_s: float) -> float | None:
+        """The hard limit of one measurement of a stage, in seconds; None for no limit."""
+        if self.stage_timeout_s is None:
+            return max(DEFAULT_STAGE_TIMEOUT_S, 60.0 * budget_s)
+        return self.stage_timeout_s or None
+
+    @contextmanager
+    def timing_lock(self) -> Iterator[None]:
+        """Hold the device's timing lock: timed sections of xdist workers (and of other
+        pytest-llmcycle runs of this user on this machine) never overlap on one device.
+
+        Reentrant within a process. The OS releases it when a holder dies, so a killed
+        worker never leaves it held.
+        """
+        from filelock import FileLock, Timeout
+
+        device = self.device
+        lock = self._timing_locks.get(device)
+        if lock is None:
+            lock = self._timing_locks[device] = FileLock(timing_lock_path(device), is_singleton=True)
+        limit = self.stage_limit_s(self.settings.budget_s)
+        # each holder keeps it at most one stage limit per measurement; every other worker may be ahead
+        wait = -1 if limit is None else limit * max(2, self.worker_count + 1)
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            raise LockWaitTimeout(
+                f"llmcycle: waited {wait:.0f} s for the timing lock of device {device} ({lock.lock_file}), "
+                "held by another pytest-llmcycle process on this machine; a stuck run? "
+                "Stop it, or raise --llmcycle-stage-timeout"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     # ---- the machine's speed
     def machine_factor(self) -> float | None:
         """Current / stored median of the reference workload, or None without a stored one."""
@@ -101,7 +178,7 @@ class RunState:
         stored = self.load_baselines().reference(self.device_key)
         if stored is None or not self._reference_usable(stored):
             return None
-        with pinned_threads(self.threads):
+        with self.timing_lock(), pinned_threads(self.threads):
             m = machine.measure_reference(self.device)
         return stats.summarize(ns_to_ms(m.samples_ns)).median / stored.median_ms
 
@@ -122,7 +199,7 @@ class RunState:
         from . import machine
         from .timing import pinned_threads
 
-        with pinned_threads(self.threads):
+        with self.timing_lock(), pinned_threads(self.threads):
             m = machine.measure_reference(self.device)
         return entry_from_samples(
             ns_to_ms(m.samples_ns), "call", None, self._reference_env(), extra={"workload": machine.workload_name()}
