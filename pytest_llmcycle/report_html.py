@@ -27,7 +27,7 @@ CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px}h2{font-size:15px;font-family:ui-monospace,monospace;margin:0 0 8px}
 table{border-collapse:collapse;margin:6px 0 10px}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.badge,.nw{white-space:nowrap}
 section.test{border:1px solid #ddd;border-radius:6px;padding:12px;margin:14px 0}
 .badge{display:inline-block;border-radius:10px;padding:0 8px;color:#fff;font-size:12px}
 .reason{color:#555;font-size:12px}figure{margin:6px 0 12px}figcaption{font-size:12px;color:#555}
@@ -147,9 +147,20 @@ def line_chart(ys: Sequence[float], *, band: Sequence[tuple[float, float]] | Non
 
 
 def timeline(r: StageResult) -> Sequence[float] | None:
-    """Per-token latencies in generation order, when the stage recorded them."""
-    t = getattr(r, "timeline_ms", None) or r.counters.get("timeline_ms")
+    """Per-token latencies in generation order (median per position), when the record has them.
+
+    ``StageResult`` keeps thinned, sorted samples, which have lost the order; a record with a
+    ``timeline_ms`` field (one value per generated token) gets the timeline chart.
+    """
+    t = getattr(r, "timeline_ms", None)
     return list(t) if t and len(t) >= 2 else None
+
+
+def _counters(r: StageResult) -> str:
+    from .counters import fmt_count
+
+    per = "" if r.unit == "call" else f"/{r.unit}"
+    return ", ".join(f"{k} {fmt_count(k, v)}{per}" for k, v in r.counters.items() if isinstance(v, (int, float)))
 
 
 def _rows_table(rows: Sequence[StageResult]) -> str:
@@ -161,7 +172,9 @@ def _rows_table(rows: Sequence[StageResult]) -> str:
             f"<tr><td>{esc(r.label)}</td><td class=num>{esc(base)}</td><td class=num>{esc(fmt_ms(r.median_ms) + unit)}</td>"
             f"<td class=num>{esc(fmt_change(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{r.n}</td>"
             f"<td>{badge(r.outcome if r.kind != COLD else 'info', verdict_cell(r))}</td>"
-            f'<td class="reason">{esc(r.verdict.reason)}</td></tr>'
+            f'<td class="reason">{esc(r.verdict.reason)}'
+            + (f"<br>{esc(_counters(r))}" if r.counters and r.kind != COLD else "")
+            + "</td></tr>"
         )
     out.append("</table>")
     return "".join(out)

@@ -74,9 +74,11 @@ def row(r: StageResult) -> list[str]:
 
 
 def table(results: Sequence[StageResult]) -> str:
+    """The gated rows (stages and cycles); first-call (cold) rows are left to the JSON/HTML reports."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     for r in sort_rows(results):
-        lines.append("| " + " | ".join(row(r)) + " |")
+        if r.kind != COLD:
+            lines.append("| " + " | ".join(row(r)) + " |")
     return "\n".join(lines)
 
 
