@@ -201,6 +201,12 @@ class LLMCycle(LLMStages):
         (1 for a call, the number of new tokens for per-token decode, 0 to leave it out).
         """
         self._check_stage(stage)
+        bad = [x for x in measurement.samples_ns if not (0 < x < float("inf"))]
+        if not measurement.samples_ns or bad:
+            raise ValueError(
+                f"stage {stage!r}: a measurement needs positive, finite durations; got "
+                f"{len(measurement.samples_ns)} sample(s), bad: {bad[:3]}"
+            )
         run, s = self._run, self.settings
         entry = self._baseline(stage)
         env = self.environment(dtype)

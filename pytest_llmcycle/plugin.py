@@ -208,12 +208,16 @@ def is_timing_test(item: pytest.Item) -> bool:
 
 def item_settings(item: pytest.Item) -> Settings:
     settings = item.config.stash[SETTINGS_KEY]
-    marker = item.get_closest_marker("llmcycle")
-    if marker is None:
+    # Markers merge from the outside in: a module's pytestmark sets budget=, a function's
+    # marker adds threshold=, the closest one wins where both set the same argument.
+    kwargs: dict = {}
+    for marker in reversed(list(item.iter_markers("llmcycle"))):
+        if marker.args:
+            raise SettingError(f"{item.nodeid}: @pytest.mark.llmcycle takes keyword arguments only, e.g. threshold=0.1")
+        kwargs.update(marker.kwargs)
+    if not kwargs:
         return settings
-    if marker.args:
-        raise SettingError(f"{item.nodeid}: @pytest.mark.llmcycle takes keyword arguments only, e.g. threshold=0.1")
-    return for_marker(settings, marker.kwargs, item.nodeid)
+    return for_marker(settings, kwargs, item.nodeid)
 
 
 def get_run(config: pytest.Config) -> Any:

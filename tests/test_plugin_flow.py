@@ -910,3 +910,41 @@ def test_real_time_a_tripled_sleep_fails_and_a_shorter_one_passes(project, monke
     faster = project.runpytest()
     faster.assert_outcomes(passed=1)
     faster.stdout.fnmatch_lines(["*sleep *improved"])
+
+
+def test_module_and_function_markers_merge_closest_wins(pytester):
+    """A module-level budget survives a function-level threshold marker."""
+    from pytest_llmcycle.config import Settings
+    from pytest_llmcycle.plugin import item_settings
+
+    pytester.makepyfile(
+        """
+        import pytest
+        pytestmark = pytest.mark.llmcycle(budget=0.3, threshold=0.5)
+
+        @pytest.mark.llmcycle(threshold=0.2)
+        def test_a():
+            pass
+        """
+    )
+    items, _ = pytester.inline_genitems()
+    s = item_settings(items[0])
+    assert s.budget_s == 0.3
+    assert s.threshold == 0.2
+    assert Settings().budget_s != 0.3
+
+
+def test_record_refuses_zero_or_empty_samples(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_llmcycle.timing import Measurement
+
+        def test_zero(llmcycle):
+            with pytest.raises(ValueError, match="positive, finite"):
+                llmcycle.record("s", Measurement(samples_ns=(0.0, 1.0)))
+            with pytest.raises(ValueError, match="positive, finite"):
+                llmcycle.record("t", Measurement(samples_ns=()))
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
