@@ -317,3 +317,27 @@ def test_dot_dot_in_a_baseline_option_is_collapsed_and_creates_no_stray_folders(
     assert (pytester.path / "out" / "b.json").is_file()
     assert not (pytester.path / "nothere").exists()
     assert not [p for p in pytester.path.rglob("*.tmp")]
+
+
+# ----------------------------------------------------------------------------- the verdict's shortcut
+
+samples_st = st.sampled_from([0.01, 0.05, 0.4]).flatmap(lambda spread: st.lists(st.floats(1.0, 1.0 + spread), min_size=3, max_size=60))
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples_st, samples_st, st.one_of(st.floats(0.97, 1.03), st.floats(0.6, 1.6)), st.sampled_from([0.02, 0.05, 0.1, 0.25]),
+       st.sampled_from([None, 1.0, 1.08, 1.2, 2.0]))
+def test_skipping_the_bootstrap_never_changes_a_verdict(base, cur, factor, threshold, machine):
+    # verdict.judge/judge_cycle skip the bootstrap for a clearly-ok stage (bench/scale.py):
+    # outcome, ratio, p-value and reason must be what the full computation says
+    cur = [c * factor for c in cur]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vd, "_clearly_within", lambda *a: False)
+        full = vd.judge(base, cur, threshold, 0.01, machine)
+        full_cycle = vd.judge_cycle([base, cur], [cur, base], [1.0, 2.0], threshold, 0.01, machine)
+    quick = vd.judge(base, cur, threshold, 0.01, machine)
+    quick_cycle = vd.judge_cycle([base, cur], [cur, base], [1.0, 2.0], threshold, 0.01, machine)
+    for q, f in ((quick, full), (quick_cycle, full_cycle)):
+        assert (q.outcome, q.ratio, q.reason, q.effective_threshold) == (f.outcome, f.ratio, f.reason, f.effective_threshold)
+        assert q.ci is None or q.ci == f.ci
+    assert quick.p_value == full.p_value
