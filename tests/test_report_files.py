@@ -306,3 +306,25 @@ def test_outputs_kinds_are_the_results_kinds():
     from pytest_llmcycle import outputs, results
 
     assert (outputs.COLD, outputs.CYCLE) == (results.COLD, results.CYCLE)
+
+
+def test_under_xdist_the_controller_writes_one_report_with_every_workers_rows(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2, 3, 4])
+        def test_sum(llmcycle, n):
+            llmcycle.measure("sum", lambda: sum(range(2000 * n)))
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--llmcycle-budget", "0.05",
+                                "--llmcycle-report", "r.json", "--junitxml", "j.xml")
+    result.assert_outcomes(passed=4)
+    doc = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
+    assert sorted({r["nodeid"].split("::")[1] for r in doc["results"] if r["kind"] == "stage"}) == [
+        f"test_sum[{n}]" for n in (1, 2, 3, 4)
+    ]
+    props = [p.get("name") for p in ET.parse(pytester.path / "j.xml").iter("property")]
+    assert props.count("llmcycle.sum.verdict") == 4  # JUnit properties come back from the workers
