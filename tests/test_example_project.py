@@ -56,6 +56,9 @@ def test_on_the_machine_class_it_was_recorded_on_every_stage_is_judged(example_r
     stored = {(n, s) for n, stages in committed[key]["tests"].items() for s in stages}
     measured = {(r["nodeid"], r["stage"]): r for r in doc["results"] if r["kind"] == "stage"}
     assert stored == set(measured), "every committed entry belongs to a test that still measures it"
+    other_env = sorted({r["verdict"]["reason"] for r in measured.values() if r["outcome"] == "not comparable"})
+    if other_env:  # another thread count or torch/transformers version than the recording
+        pytest.skip("; ".join(other_env))
     for r in measured.values():
         assert r["baseline"] is not None and r["outcome"] != "new", r
         assert r["verdict"]["threshold"] == 0.25  # the example's pyproject.toml setting
