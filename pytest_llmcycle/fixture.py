@@ -30,7 +30,7 @@ class StageDeadline:
     """A stage's hard limit (``--llmcycle-stage-timeout``), enforced between calls.
 
     A timer thread raises a flag when the limit passes; the wrapped workload reads the flag
-    before each call (no clock read: ~50 ns a call), so a stage running far past its budget
+    before each call (no clock read: ~0.1 us a call), so a stage running far past its budget
     ends at its next call with a clear failure instead of holding CI (and the device's timing
     lock) for hours. A single call that never returns cannot be stopped from here: that is
     pytest-timeout's job (see the README).
