@@ -7,9 +7,6 @@ on xdist workers) and :func:`junit_properties` per test item. Nothing here times
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -57,6 +54,8 @@ def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
 
 
 def _commit(rootdir: Path) -> str | None:
+    import subprocess
+
     sha = os.environ.get("GITHUB_SHA")
     if sha:
         return sha
@@ -73,6 +72,9 @@ def _commit(rootdir: Path) -> str | None:
 
 def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
     """Facts about the run that reports, history and the CLI show (no device work is started)."""
+    import platform
+    from datetime import datetime, timezone
+
     from . import __version__
     from . import device as devmod
 
@@ -175,6 +177,8 @@ def export_tensorboard(logdir: Path, results: Sequence["StageResult"], meta: dic
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
     except Exception:
         return ("--llmcycle-tensorboard: the tensorboard package is not installed; scalars not exported", False)
+    from datetime import datetime, timezone
+
     step = int(datetime.now(timezone.utc).timestamp())
     writer = SummaryWriter(log_dir=str(logdir))
     try:
