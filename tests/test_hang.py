@@ -23,6 +23,17 @@ def test_lock_is_free():
 """
 
 
+@pytest.fixture(autouse=True)
+def private_locks(tmp_path_factory, monkeypatch):
+    """Timing locks live in the temp folder, shared by every run on the machine: give these
+    runs their own, so that a lock held by some other run never reads as one left held here."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("locks")
+    monkeypatch.setenv("TMPDIR", str(folder))  # subprocesses
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))  # this process (pytester's in-process runs)
+
+
 def test_the_default_limit_is_generous_and_follows_the_budget():
     run = RunState(Settings(), ".")
     assert run.stage_limit_s(1.0) == DEFAULT_STAGE_TIMEOUT_S == 300

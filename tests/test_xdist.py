@@ -107,6 +107,12 @@ def test_a_workers_payload_carries_whatever_a_test_counted(tmp_path):
 
 # ----------------------------------------------------------------------------- real -n 2 runs
 
+
+@pytest.fixture
+def private_locks(tmp_path_factory, monkeypatch):
+    """The workers' timing locks in a folder of their own (not shared with other runs here)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("locks")))
+
 #: Each timed call claims a marker file exclusively for a moment: a second process inside a
 #: timed section at the same time finds it taken and logs an overlap.
 TIMED = """
@@ -164,7 +170,7 @@ def overlaps(pytester) -> int:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("lock", [True, False], ids=["with-lock", "control-without-lock"])
-def test_timed_sections_on_one_device_never_overlap_across_workers(pytester, monkeypatch, lock):
+def test_timed_sections_on_one_device_never_overlap_across_workers(pytester, monkeypatch, private_locks, lock):
     pytester.makepyfile(test_timed=TIMED)
     pytester.makeconftest(NO_LOCK_CONFTEST)
     monkeypatch.setenv("LLMCYCLE_TEST_DIR", str(pytester.path))
@@ -216,7 +222,7 @@ def test_plain():
 
 
 @pytest.mark.timeout(120)
-def test_untimed_tests_run_while_another_worker_is_timing(pytester, monkeypatch):
+def test_untimed_tests_run_while_another_worker_is_timing(pytester, monkeypatch, private_locks):
     pytester.makepyfile(test_mixed=UNTIMED_ALONGSIDE)
     monkeypatch.setenv("LLMCYCLE_TEST_DIR", str(pytester.path))
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", *FAST)
