@@ -287,3 +287,17 @@ def test_gpu_pinning_on_a_machine_without_gpus_times_on_the_cpu(pytester):
                         "    assert str(llmcycle._run.device) == 'cpu'\n")
     args = [a for a in FAST if a not in ("--llmcycle-device", "cpu")]
     pytester.runpytest_subprocess("-n", "2", *args, "--llmcycle-xdist-gpus", "--llmcycle-device", "auto").assert_outcomes(passed=1)
+
+
+@pytest.mark.timeout(60)
+def test_a_workers_failed_baseline_write_fails_the_run_and_is_shown_once(pytester):
+    pytester.makeconftest(
+        "import pytest_llmcycle.session as s\n"
+        "def broken(*a, **k):\n    raise OSError('disk full')\n"
+        "s.merge_into_file = broken\n"
+    )
+    pytester.makepyfile(test_w="import time\ndef test_x(llmcycle):\n    llmcycle.measure('s', lambda: time.sleep(0.001))\n")
+    result = pytester.runpytest_subprocess("-n", "2", *FAST, "--llmcycle-update")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["llmcycle: gw?: baselines NOT written: disk full"])
