@@ -21,6 +21,9 @@ ICONS = {
     vd.OK: "✅",
 }
 HEADERS = ["", "test", "stage", "baseline", "current", "change", "verdict", "samples"]
+#: rows in one table: a PR comment holds 65,536 characters; regressions come first, so a long
+#: table loses only its tail of passing rows (all of them are in the JSON and HTML reports)
+MAX_ROWS = 150
 
 #: environment rows of the <details> block: (meta key, label)
 ENV_ROWS = [
@@ -73,12 +76,15 @@ def row(r: StageResult) -> list[str]:
     ]
 
 
-def table(results: Sequence[StageResult]) -> str:
+def table(results: Sequence[StageResult], max_rows: int = MAX_ROWS) -> str:
     """The gated rows (stages and cycles); first-call (cold) rows are left to the JSON/HTML reports."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    for r in sort_rows(results):
-        if r.kind != COLD:
-            lines.append("| " + " | ".join(row(r)) + " |")
+    rows = [r for r in sort_rows(results) if r.kind != COLD]
+    for r in rows[:max_rows]:
+        lines.append("| " + " | ".join(row(r)) + " |")
+    if len(rows) > max_rows:
+        left = outcome_counts(rows[max_rows:])
+        lines.append(f"\n... and {len(rows) - max_rows} more row(s) ({', '.join(f'{n} {o}' for o, n in left.items())}) in the JSON and HTML reports")
     return "\n".join(lines)
 
 

@@ -328,3 +328,12 @@ def test_under_xdist_the_controller_writes_one_report_with_every_workers_rows(py
     ]
     props = [p.get("name") for p in ET.parse(pytester.path / "j.xml").iter("property")]
     assert props.count("llmcycle.sum.verdict") == 4  # JUnit properties come back from the workers
+
+
+def test_a_long_markdown_table_keeps_the_regressions_and_cuts_the_passing_tail(rows):
+    many = rows + [result(f"tests/test_z.py::test_{i}", "prefill", samples(10), samples(10)) for i in range(30)]
+    text = report_markdown.table(many, max_rows=5)
+    body = [ln for ln in text.splitlines() if ln.startswith("| ") and "test_" in ln]
+    assert len(body) == 5 and "**regressed**" in body[0]
+    assert f"... and {len(many) - 1 - 5} more row(s) (" in text  # one cold row is never listed
+    assert text.rstrip().endswith("in the JSON and HTML reports")
