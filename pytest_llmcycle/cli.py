@@ -80,7 +80,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import REMOVED, SnapshotError, compare, exit_code, load, to_json
+    from .compare import REMOVED, SnapshotError, compare, exit_code, load, shared_device_keys, to_json
 
     try:
         old, new = load(args.old), load(args.new)
@@ -97,6 +97,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     removed = [r for r in rows if r.outcome == REMOVED]
     for r in removed:
         print(f"only in {old.path}: {r.device_key} {r.nodeid} {r.stage}")
+    shared = shared_device_keys(old, new)
+    ignored = sorted(({k for k, _, _ in old.entries} | {k for k, _, _ in new.entries}) - shared) if shared else []
+    if ignored and not args.device_key:
+        print(f"llmcycle: device keys in only one file, not compared: {', '.join(ignored)}")
     common = sum(1 for r in rows if r.baseline is not None and r.outcome != REMOVED)
     if not common:
         keys_old = sorted({k for k, _, _ in old.entries}) or ["none"]

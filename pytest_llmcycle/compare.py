@@ -86,6 +86,10 @@ def load(path: str | Path) -> Snapshot:
     raise SnapshotError(f"{p}: neither a pytest-llmcycle baseline file nor a JSON report (--llmcycle-report x.json)")
 
 
+def shared_device_keys(old: Snapshot, new: Snapshot) -> set:
+    return {k for k, _, _ in old.entries} & {k for k, _, _ in new.entries}
+
+
 def machine_factor(old: Snapshot, new: Snapshot, device_key: str) -> float | None:
     """New / old median of the reference workload, when both files stored the same one."""
     a, b = old.references.get(device_key), new.references.get(device_key)
@@ -101,11 +105,16 @@ def compare(
     alpha: float = 0.01,
     device_key: str | None = None,
 ) -> list[StageResult]:
-    """One row per stage in either file. ``threshold`` None: the test's own (reports), else 10 %."""
+    """One row per stage in either file. ``threshold`` None: the test's own (reports), else 10 %.
+
+    Only device keys both files have are compared (a baseline file holds every runner class,
+    a report one), unless they share none; ``device_key`` picks one.
+    """
+    keys = shared_device_keys(old, new) or {k for k, _, _ in old.entries} | {k for k, _, _ in new.entries}
     rows = []
     for key in sorted(set(old.entries) | set(new.entries)):
         dk, nodeid, stage = key
-        if device_key is not None and dk != device_key:
+        if (device_key is not None and dk != device_key) or dk not in keys:
             continue
         before, after = old.entries.get(key), new.entries.get(key)
         thr = threshold if threshold is not None else (new.thresholds.get(key) or old.thresholds.get(key) or 0.10)

@@ -235,3 +235,15 @@ def test_prune_with_given_ids_and_refusals(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "prune", f, "--collect", "--rootdir", tmp_path)
     assert code == 2 and "collecting tests failed" in err
     assert {n for _, n, _, _ in Baselines.load(f).iter_entries()} == {A[0]}
+
+
+def test_compare_only_judges_device_keys_both_files_have(tmp_path, capsys):
+    """A baseline file holds every runner class; a CI report one: the others are not 'removed'."""
+    old = baseline_file(tmp_path / "old.json", {A: 10.0})
+    b = Baselines.load(old)
+    b.set_entry("cuda-h100", A[0], A[1], entry_from_samples(samples(1.0), "call", None, ENV))
+    old.write_text(b.dumps(), encoding="utf-8")
+    new = baseline_file(tmp_path / "new.json", {A: 10.0})
+    code, out, _ = run(capsys, "compare", old, new)
+    assert code == 0 and "only in" not in out and "1 ok" in out
+    assert "device keys in only one file, not compared: cuda-h100" in out
