@@ -260,7 +260,7 @@ class LLMStages:
     ) -> GenerationResult:
         from . import decode
         from .steps import MarkedRun, MarkCountError, time_marked
-        from .timing import Measurement, pinned_threads
+        from .timing import Measurement
 
         p = _prefix(name)
         stages = (p + "prefill", p + "decode", p + "e2e")
@@ -274,8 +274,8 @@ class LLMStages:
                 return loop(tick)
 
         def take() -> MarkedRun:
-            with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                return time_marked(call, self._run.device, self._policy(), self.clock, prepare=prepare, expected=n_tokens, what=what)
+            with self.timed_section(name or "decode") as deadline:  # type: ignore[attr-defined]
+                return time_marked(deadline.wrap(call), self._run.device, self._policy(), self.clock, prepare=prepare, expected=n_tokens, what=what)
 
         def split(run: MarkedRun) -> dict:
             calls = [decode.token_call(m) for m in run.calls]
@@ -359,7 +359,7 @@ class LLMStages:
         """
         from .device import dtype_of
         from .steps import MarkedRun, time_marked
-        from .timing import Measurement, pinned_threads
+        from .timing import Measurement
 
         p = _prefix(name)
         names = [p + "forward", p + "backward"] + ([p + "optimizer"] if optimizer is not None else [])
@@ -384,8 +384,8 @@ class LLMStages:
                 tick()
 
         def take() -> MarkedRun:
-            with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                return time_marked(call, self._run.device, self._policy(), self.clock, prepare=prepare, expected=len(names), what="phase")
+            with self.timed_section(name or "train_step") as deadline:  # type: ignore[attr-defined]
+                return time_marked(deadline.wrap(call), self._run.device, self._policy(), self.clock, prepare=prepare, expected=len(names), what="phase")
 
         def split(run: MarkedRun) -> dict:
             def phases(m: Any) -> list:
@@ -440,8 +440,8 @@ class LLMStages:
                 return fn()
 
         def take() -> Any:
-            with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                return time_callable(run, self._run.device, self._policy(), self.clock)
+            with self.timed_section(stage) as deadline:  # type: ignore[attr-defined]
+                return time_callable(deadline.wrap(run), self._run.device, self._policy(), self.clock)
 
         m = take()
         c = None
@@ -486,8 +486,8 @@ class LLMStages:
                     return fn()
 
             def take(run: Callable[[], Any] = run) -> Any:
-                with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                    return time_callable(run, self._run.device, policy, self.clock)
+                with self.timed_section(stage) as deadline:  # type: ignore[attr-defined]
+                    return time_callable(deadline.wrap(run), self._run.device, policy, self.clock)
 
             m = take()
             c = None
@@ -527,7 +527,6 @@ class LLMStages:
         """
         from .ab import ABResult, run_ab
         from .counters import count_call, try_counting
-        from .timing import pinned_threads
 
         if len(names) != 2 or names[0] == names[1]:
             raise ValueError("names must be two different labels, e.g. names=('eager', 'sdpa')")
@@ -541,8 +540,8 @@ class LLMStages:
 
         ra, rb = wrap(a), wrap(b)
         policy = self._policy(budget if budget is not None else 2 * self.settings.budget_s)
-        with pinned_threads(self.threads):  # type: ignore[attr-defined]
-            sa, sb, ca, cb = run_ab(ra, rb, self._run.device, policy, self.clock)
+        with self.timed_section("/".join(names)) as deadline:  # type: ignore[attr-defined]
+            sa, sb, ca, cb = run_ab(deadline.wrap(ra), deadline.wrap(rb), self._run.device, policy, self.clock)
             cnt_a = cnt_b = None
             if counters and "torch" in sys.modules:
                 cnt_a = try_counting(names[0], lambda: count_call(ra, self._run.device))
