@@ -82,6 +82,11 @@ class StageDeadline:
         return guarded
 
 
+def _sample_s(m: Measurement) -> float:
+    """Wall time one sample of ``m`` spans (a batch of ``number`` calls, or one token)."""
+    return m.median_ns * max(1, m.number) / 1e9
+
+
 class LLMCycle(LLMStages):
     """Times the stages of one inference cycle in one test.
 
@@ -215,7 +220,7 @@ class LLMCycle(LLMStages):
         cur = ns_to_ms(measurement.samples_ns)
         v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
         if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
-            self._machine_factor = run.machine_factor()
+            self._machine_factor = run.machine_factor(_sample_s(measurement))
             v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch)
         # Counters are deterministic: a counter that grew is a regression without a re-measure.
         from . import counters as cnt
@@ -227,7 +232,7 @@ class LLMCycle(LLMStages):
         if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update and not grew:
             second = remeasure()
             if s.machine_check:
-                self._machine_factor = run.machine_factor()
+                self._machine_factor = run.machine_factor(_sample_s(second))
             v2 = vd.judge(base, ns_to_ms(second.samples_ns), s.threshold, s.alpha, self._machine_factor, mismatch)
             v = vd.confirm(v, v2)
             final, remeasured = second, second
@@ -269,6 +274,7 @@ class LLMCycle(LLMStages):
             remeasure_median_ms=(ns_to_ms([remeasured.median_ns])[0] if remeasured else None),
             spent_s=first.spent_s + (remeasured.spent_s if remeasured else 0.0),
             samples_ms=e.samples_ms,
+            timeline_ms=tuple(final.extra.get("timeline_ms", ())),
             env=env,
             counters=dict(counters or {}),
         )

@@ -289,7 +289,11 @@ class LLMStages:
                 "cold": cold,
             }
             if cold.gaps_ns:
-                out["decode"] = Measurement(tuple(g for c in calls for g in c.gaps_ns), "token", cold.tpot_ns, **common)
+                _, by_pos = decode.by_position(calls)
+                timeline = tuple(round(sorted(g)[len(g) // 2] / 1e6, 6) for g in by_pos)  # median per position
+                out["decode"] = Measurement(
+                    tuple(g for c in calls for g in c.gaps_ns), "token", cold.tpot_ns, extra={"timeline_ms": timeline}, **common
+                )
             return out
 
         first = take()

@@ -7,6 +7,7 @@ runner of the same class) moved, not the code, and the verdict normalises or abs
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Callable
 
 from .device import device_kind
@@ -44,14 +45,26 @@ def _python_workload() -> object:
     return total
 
 
-def measure_reference(device: str, clock=None) -> Measurement:
-    """Time the reference workload on ``device`` (with torch if the test imported it)."""
+#: Longest batch the reference is timed in; past it a stage's sample is longer than a time slice anyway.
+MAX_SAMPLE_S = 0.05
+
+
+def measure_reference(device: str, clock=None, sample_s: float = 0.0) -> Measurement:
+    """Time the reference workload on ``device`` (with torch if the test imported it).
+
+    Samples are per call, whatever the batch; ``sample_s`` sets how long one timed batch
+    lasts (at least the policy's 100 us, at most MAX_SAMPLE_S), to match the stage compared.
+    """
     if "torch" in sys.modules:
         fn = _torch_workload(device)
     else:
         fn = _python_workload
+    policy = POLICY
+    target = min(MAX_SAMPLE_S, sample_s)
+    if target > policy.min_sample_s:
+        policy = replace(policy, min_sample_s=target, budget_s=max(policy.budget_s, policy.min_rounds * target * 1.5))
     kwargs = {"clock": clock} if clock is not None else {}
-    return time_callable(fn, device, POLICY, **kwargs)
+    return time_callable(fn, device, policy, **kwargs)
 
 
 def workload_name() -> str:

@@ -28,6 +28,8 @@ class StageResult:
     remeasure_median_ms: float | None = None
     spent_s: float = 0.0
     samples_ms: tuple = ()
+    #: per-token stages: the median time of each token position, in generation order
+    timeline_ms: tuple = ()
     env: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     updated: bool = False
@@ -61,6 +63,7 @@ class StageResult:
             "remeasure_median_ms": self.remeasure_median_ms,
             "spent_s": self.spent_s,
             "samples_ms": list(self.samples_ms),
+            "timeline_ms": list(self.timeline_ms),
             "env": dict(self.env),
             "counters": dict(self.counters),
             "updated": self.updated,
@@ -93,6 +96,7 @@ class StageResult:
             baseline = None
         own = {f.name for f in fields(cls)} - {"verdict", "baseline"}
         kw = {k: d[k] for k in own if k in d}
-        if "samples_ms" in kw:
-            kw["samples_ms"] = tuple(kw["samples_ms"])
+        for key in ("samples_ms", "timeline_ms"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         return cls(verdict=Verdict(**v), baseline=baseline, **kw)

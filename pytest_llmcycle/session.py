@@ -170,8 +170,13 @@ class RunState:
             lock.release()
 
     # ---- the machine's speed
-    def machine_factor(self) -> float | None:
-        """Current / stored median of the reference workload, or None without a stored one."""
+    def machine_factor(self, sample_s: float = 0.0) -> float | None:
+        """Current / stored median of the reference workload, or None without a stored one.
+
+        ``sample_s`` is how long one sample of the suspect stage lasts: the reference is timed
+        in batches that long, so a busy neighbour's time slices interrupt both alike (a
+        sub-millisecond reference slips between them while a 10 ms stage does not).
+        """
         from . import machine, stats
         from .timing import pinned_threads
 
@@ -179,7 +184,7 @@ class RunState:
         if stored is None or not self._reference_usable(stored):
             return None
         with self.timing_lock(), pinned_threads(self.threads):
-            m = machine.measure_reference(self.device)
+            m = machine.measure_reference(self.device, sample_s=sample_s)
         return stats.summarize(ns_to_ms(m.samples_ns)).median / stored.median_ms
 
     def _reference_env(self) -> dict:

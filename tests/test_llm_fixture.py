@@ -351,3 +351,26 @@ def test_cuda_marks_are_stream_events_and_the_host_synchronizes_once(monkeypatch
         # one host synchronize before the call, one wait on the end event after it; none per token
         assert (timeline["syncs"], timeline["host_syncs"]) == (syncs_before[0] + 1, syncs_before[1] + 1)
     assert len(t._pool) == 4
+
+
+def test_decode_keeps_its_per_position_timeline_for_the_html_report(tmp_path, clock):
+    """Token k's time is the median over calls of gap k: the order the samples lost is kept here."""
+
+    def loop(tick):
+        clock.work(5.0)
+        tick()
+        for k in range(1, 5):  # a step costs k ms: the timeline must climb 1, 2, 3, 4
+            clock.work(float(k))
+            tick()
+
+    lc = make(tmp_path, counters=False)
+    lc.clock = clock
+    g = lc.tokens(loop, n_tokens=5)
+    assert g.decode.timeline_ms == (1.0, 2.0, 3.0, 4.0)
+    assert g.prefill.timeline_ms == ()
+    from pytest_llmcycle.report_html import render
+    from pytest_llmcycle.results import StageResult
+
+    back = StageResult.from_dict(json.loads(json.dumps(g.decode.to_dict())))
+    assert back.timeline_ms == g.decode.timeline_ms
+    assert "latency of each generated token, in order" in render(lc.results, {})
