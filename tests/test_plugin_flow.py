@@ -75,7 +75,7 @@ def machine_speed(monkeypatch):
     if "MACHINE_FACTOR" in os.environ:
         from pytest_llmcycle.session import RunState
 
-        monkeypatch.setattr(RunState, "machine_factor", lambda self: float(os.environ["MACHINE_FACTOR"]))
+        monkeypatch.setattr(RunState, "machine_factor", lambda self, sample_s=0.0: float(os.environ["MACHINE_FACTOR"]))
 '''
 
 INI = """
