@@ -132,10 +132,20 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def bootstrap_medians(samples: Sequence[float], rng: np.random.Generator, n_boot: int = N_BOOTSTRAP) -> np.ndarray:
-    """Medians of ``n_boot`` resamples (with replacement) of ``samples``."""
+    """Medians of ``n_boot`` resamples (with replacement) of ``samples``.
+
+    ``thin`` returns the sample sorted, so a resample's median is the value at its median
+    *index*: sorting small integer indices is ~5x cheaper than a float median of the values,
+    and gives exactly ``np.median(x[idx], axis=1)`` for the same draws.
+    """
     x = np.asarray(thin(samples, MAX_BOOTSTRAP_N), dtype=float)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    return np.median(x[idx], axis=1)
+    n = x.size
+    idx = rng.integers(0, n, size=(n_boot, n))
+    idx.sort(axis=1)
+    k = n // 2
+    if n % 2:
+        return x[idx[:, k]]
+    return 0.5 * (x[idx[:, k - 1]] + x[idx[:, k]])
 
 
 @dataclass(frozen=True)
