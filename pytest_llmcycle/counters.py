@@ -24,13 +24,6 @@ COUNTERS = (FLOPS, OPS, ALLOC, PEAK)
 TOLERANCE = {PEAK: 0.02}
 EXACT = 1e-9
 
-DESCRIPTION = {
-    FLOPS: "FLOPs (torch.utils.flop_counter)",
-    OPS: "dispatched aten ops",
-    ALLOC: "bytes allocated by op outputs",
-    PEAK: "peak device memory (allocator)",
-}
-
 
 class CounterWarning(UserWarning):
     """Counting failed for a workload; its stage is timed and judged without counters."""

@@ -86,7 +86,6 @@ class RunState:
         self.written: list[str] = []
         self._device: str | None = None
         self._device_key: str | None = None
-        self._reference_cache: dict[str, float] = {}
 
     # ---- resolved lazily
     def load_baselines(self) -> Baselines:

@@ -45,10 +45,6 @@ def summarize(samples: Sequence[float]) -> Summary:
     return Summary(float(med), float(q1), float(q3), int(x.size))
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples, dtype=float), q))
-
-
 def thin(samples: Sequence[float], k: int) -> list[float]:
     """At most ``k`` real samples, evenly spread over the sorted sample.
 
