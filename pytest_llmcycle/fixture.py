@@ -130,8 +130,9 @@ class LLMCycle(LLMStages):
 
     def environment(self, dtype: str | None = None) -> dict:
         env: dict[str, Any] = {"threads": self.threads, "device_name": devmod.device_name(self._run.device)}
-        env.update(devmod.library_versions())
-        if dtype is None and "torch" in devmod.library_versions():
+        versions = devmod.library_versions()
+        env.update(versions)
+        if dtype is None and "torch" in versions:
             import torch
 
             dtype = str(torch.get_default_dtype()).replace("torch.", "")

@@ -62,6 +62,7 @@ def summary_line(results: Sequence[StageResult]) -> str:
 def row(r: StageResult) -> list[str]:
     unit = "" if r.unit == "call" else f"/{r.unit}"
     verdict = verdict_cell(r)
+    dist = distribution_cell(r)
     if r.outcome == vd.REGRESSED:
         verdict = f"**{verdict}**"
     return [
@@ -72,7 +73,7 @@ def row(r: StageResult) -> list[str]:
         fmt_ms(r.median_ms) + unit,
         fmt_change(r.verdict) if r.kind != COLD else "-",
         cell(verdict),
-        code(distribution_cell(r)) if distribution_cell(r) else "",
+        code(dist) if dist else "",
     ]
 
 

@@ -188,8 +188,9 @@ class RunState:
 
     def _reference_env(self) -> dict:
         env: dict[str, Any] = {"threads": self.threads}
-        if "torch" in devmod.library_versions():
-            env["torch"] = devmod.library_versions()["torch"]
+        versions = devmod.library_versions()
+        if "torch" in versions:
+            env["torch"] = versions["torch"]
         return env
 
     def _reference_usable(self, stored: Entry) -> bool:
