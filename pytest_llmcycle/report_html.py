@@ -11,7 +11,8 @@ import html
 from typing import Any, Mapping, Sequence
 
 from . import verdict as vd
-from .report import fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
+from .report import fmt_change, fmt_ms, sort_rows, verdict_cell
+from .report_markdown import summary_line
 from .results import COLD, STAGE, StageResult
 
 W, LANE, PAD_L, PAD_R = 680, 26, 80, 50
@@ -220,7 +221,7 @@ def render(
     groups: dict[str, list[StageResult]] = {}
     for r in ordered:
         groups.setdefault(r.nodeid, []).append(r)
-    counts = ", ".join(f"{n} {o}" for o, n in outcome_counts(results).items()) or "no stages measured"
+    counts = summary_line(results)
     env = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in sorted(meta.items()) if not isinstance(v, (dict, list))
     )
