@@ -143,7 +143,6 @@ class Counting:
         self._kind = device.split(":")[0]
 
     def __enter__(self) -> "Counting":
-        import torch
         from torch.utils.flop_counter import FlopCounterMode
 
         self._reset_peak()
@@ -155,7 +154,6 @@ class Counting:
         except BaseException:
             self._flops.__exit__(*sys.exc_info())
             raise
-        self._torch = torch
         return self
 
     def __exit__(self, *exc: Any) -> None:
