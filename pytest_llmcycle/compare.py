@@ -58,7 +58,8 @@ def load(path: str | Path) -> Snapshot:
     if not p.is_file():
         raise SnapshotError(f"{p}: no such file")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        doc = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SnapshotError(f"{p}: not a readable JSON file ({e})") from None
     if is_report(doc):
@@ -72,7 +73,7 @@ def load(path: str | Path) -> Snapshot:
         return snap
     if isinstance(doc, dict) and "schema" in doc:
         try:
-            b = Baselines.loads(p.read_text(encoding="utf-8"), p)
+            b = Baselines.loads(text, p)
         except BaselineError as e:
             raise SnapshotError(str(e)) from None
         snap = Snapshot(p, "baseline")
