@@ -10,6 +10,7 @@ Its 95 % interval is the bootstrap interval of that ratio of medians
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -57,8 +58,9 @@ class ABResult:
     def median_b_ms(self) -> float:
         return stats.summarize(self.samples_b_ms).median
 
-    @property
+    @functools.cached_property
     def estimate(self) -> Speedup:
+        # seeded, so the same for every access: computed once (speedup, ci and describe() share it)
         return speedup(self.samples_a_ms, self.samples_b_ms)
 
     @property
