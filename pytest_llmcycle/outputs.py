@@ -148,14 +148,22 @@ def write_outputs(
 
             store = open_store(history)
             store.append(meta, results)
-            trends = _trends(store, results)
+            if any(report_format(str(p)) == "html" for p in reports):  # only the HTML draws trends
+                trends = _trends(store, results)
             messages.append((f"appended {len(results)} row(s) to history {history}", False))
         except Exception as e:  # sqlite3.Error, OSError
             messages.append((f"history {history} NOT written: {type(e).__name__}: {e}", True))
+    rendered: dict[str, str] = {}  # one rendering per format, shared by every file and the job summary
+
+    def text(fmt: str) -> str:
+        if fmt not in rendered:
+            rendered[fmt] = render(fmt, results, meta, trends)
+        return rendered[fmt]
+
     for path in reports:
         fmt = report_format(str(path)) or "markdown"
         try:
-            atomic_write_text(path, render(fmt, results, meta, trends))
+            atomic_write_text(path, text(fmt))
             messages.append((f"wrote {fmt} report {path}", False))
         except (OSError, ValueError) as e:
             messages.append((f"report {path} NOT written: {e}", True))
@@ -163,7 +171,7 @@ def write_outputs(
     if step_summary and summary and results:
         try:
             with open(summary, "a", encoding="utf-8") as f:
-                f.write(render("markdown", results, meta) + "\n")
+                f.write(text("markdown") + "\n")
         except OSError as e:
             messages.append((f"GITHUB_STEP_SUMMARY {summary} NOT written: {e}", True))
     if tensorboard is not None:
