@@ -14,8 +14,6 @@ import numpy as np
 
 #: Resamples used by the bootstrap; 2,000 keeps the 95 % bounds stable to ~0.1 %.
 N_BOOTSTRAP = 2000
-#: Larger samples are thinned (order statistics kept) before resampling, to bound memory.
-MAX_BOOTSTRAP_N = 1000
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,24 @@ def thin(samples: Sequence[float], k: int) -> list[float]:
     return x[idx].tolist()
 
 
-def median_ci_halfwidth(samples: Sequence[float], confidence: float = 0.95) -> float:
+def sorted_array(samples: Sequence[float]) -> np.ndarray:
+    """The sample as a sorted float array: verdicts sort once and hand it to the functions below."""
+    return np.sort(np.asarray(samples, dtype=float))
+
+
+def median_of_sorted(x: np.ndarray) -> float:
+    n = x.size
+    return float(x[(n - 1) // 2] + x[n // 2]) / 2.0
+
+
+def median_ci_halfwidth(samples: Sequence[float], confidence: float = 0.95, *, presorted: bool = False) -> float:
     """Relative half-width of the distribution-free confidence interval of the median.
 
     Uses the binomial order-statistic interval (normal approximation), so it costs one
-    sort; the timer calls it between rounds to stop once the median is pinned down.
+    sort (none with ``presorted=True``); the timer calls it between rounds to stop once the
+    median is pinned down.
     """
-    x = np.sort(np.asarray(samples, dtype=float))
+    x = np.asarray(samples, dtype=float) if presorted else sorted_array(samples)
     n = x.size
     if n < 3:
         return math.inf
@@ -72,7 +81,7 @@ def median_ci_halfwidth(samples: Sequence[float], confidence: float = 0.95) -> f
     half = z * math.sqrt(n) / 2.0
     lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
     hi = min(n - 1, int(math.ceil(n / 2.0 + half)))
-    med = float(x[(n - 1) // 2] + x[n // 2]) / 2.0  # x is sorted: no second partition
+    med = median_of_sorted(x)
     if med <= 0:
         return math.inf
     return float(x[hi] - x[lo]) / 2.0 / med
@@ -92,36 +101,30 @@ def _z(confidence: float) -> float:
     return (lo + hi) / 2
 
 
-def _rankdata(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ranks (1-based) and the sizes of tied groups."""
-    sorter = np.argsort(a, kind="mergesort")
-    inv = np.empty(sorter.size, dtype=np.intp)
-    inv[sorter] = np.arange(sorter.size, dtype=np.intp)
-    s = a[sorter]
-    obs = np.r_[True, s[1:] != s[:-1]]
-    dense = obs.cumsum()[inv]
-    count = np.r_[np.nonzero(obs)[0], obs.size]
-    ranks = 0.5 * (count[dense] + count[dense - 1] + 1)
-    return ranks, np.diff(count)
-
-
-def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
+def mann_whitney_greater(x: Sequence[float], y: Sequence[float], *, presorted: bool = False) -> float:
     """One-sided Mann-Whitney U p-value for "x tends to be larger than y".
 
     Normal approximation with tie and continuity corrections (as scipy's
     ``mannwhitneyu(..., alternative="greater", method="asymptotic")``); timing samples are
-    large enough (>= 5 each) for it to be accurate.
+    large enough (>= 5 each) for it to be accurate. U counts, for each x, the ys below it
+    (ties count half): two binary searches into the sorted y instead of ranking both.
     """
-    xa = np.asarray(x, dtype=float)
-    ya = np.asarray(y, dtype=float)
+    xa = np.asarray(x, dtype=float) if presorted else sorted_array(x)
+    ya = np.asarray(y, dtype=float) if presorted else sorted_array(y)
     nx, ny = xa.size, ya.size
     if nx == 0 or ny == 0:
         return 1.0
-    ranks, ties = _rankdata(np.concatenate([xa, ya]))
-    u = float(ranks[:nx].sum()) - nx * (nx + 1) / 2.0
+    below = np.searchsorted(ya, xa, side="left")
+    upto = np.searchsorted(ya, xa, side="right")
+    u = float(below.sum()) + 0.5 * float((upto - below).sum())
     n = nx + ny
     mean = nx * ny / 2.0
-    tie_term = float((ties**3 - ties).sum()) / (n * (n - 1)) if n > 1 else 0.0
+    tie_term = 0.0
+    both = np.sort(np.concatenate([xa, ya]), kind="mergesort")  # two sorted runs: one merge
+    starts = np.flatnonzero(np.r_[True, both[1:] != both[:-1]])
+    if starts.size < n:  # some values repeat
+        ties = np.diff(np.r_[starts, n]).astype(float)
+        tie_term = float((ties**3 - ties).sum()) / (n * (n - 1))
     var = nx * ny / 12.0 * ((n + 1) - tie_term)
     if var <= 0:
         return 0.5
@@ -130,20 +133,30 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def bootstrap_medians(samples: Sequence[float], rng: np.random.Generator, n_boot: int = N_BOOTSTRAP) -> np.ndarray:
-    """Medians of ``n_boot`` resamples (with replacement) of ``samples``.
+    """Medians of ``n_boot`` resamples (with replacement) of ``samples``, drawn exactly.
 
-    ``thin`` returns the sample sorted, so a resample's median is the value at its median
-    *index*: sorting small integer indices is ~5x cheaper than a float median of the values,
-    and gives exactly ``np.median(x[idx], axis=1)`` for the same draws.
+    A resample's median is the sorted sample at the resample's median *index*, and that index
+    has a known law: resampled indices are ``floor(n * U)`` for iid uniforms ``U``, so the
+    j-th smallest is ``floor(n * U_(j))`` with ``U_(j) ~ Beta(j, n - j + 1)``. For an even
+    ``n`` the lower middle one is ``U_(k+1)`` times the largest of ``k`` more uniforms. This
+    draws the same distribution as resampling and sorting ``n_boot x n`` indices (the test
+    suite checks it against that) in ``O(n_boot)`` instead, so a 200-sample stage costs
+    ~0.1 ms rather than ~2 ms.
     """
-    x = np.asarray(thin(samples, MAX_BOOTSTRAP_N), dtype=float)
+    x = sorted_array(samples)
     n = x.size
-    idx = rng.integers(0, n, size=(n_boot, n))
-    idx.sort(axis=1)
-    k = n // 2
+    if n == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    if n == 1:
+        return np.full(n_boot, x[0])
+    k = n // 2  # 0-based index of the (upper) middle order statistic
+    u_hi = rng.beta(k + 1, n - k, size=n_boot)
+    hi = np.minimum((u_hi * n).astype(np.intp), n - 1)
     if n % 2:
-        return x[idx[:, k]]
-    return 0.5 * (x[idx[:, k - 1]] + x[idx[:, k]])
+        return x[hi]
+    u_lo = u_hi * rng.random(n_boot) ** (1.0 / k)
+    lo = np.minimum((u_lo * n).astype(np.intp), n - 1)
+    return 0.5 * (x[lo] + x[hi])
 
 
 @dataclass(frozen=True)
@@ -176,18 +189,32 @@ def ratio_ci(
     """
     rng = np.random.default_rng(seed)
     w = list(weights) if weights is not None else [1.0] * len(baseline)
-    point_b = sum(wi * float(np.median(b)) for wi, b in zip(w, baseline))
-    point_c = sum(wi * float(np.median(c)) for wi, c in zip(w, current))
-    boot_b = sum(wi * bootstrap_medians(b, rng) for wi, b in zip(w, baseline))
-    boot_c = sum(wi * bootstrap_medians(c, rng) for wi, c in zip(w, current))
-    ratios = boot_c / boot_b
+    bs = [sorted_array(b) for b in baseline]
+    cs = [sorted_array(c) for c in current]
+    point_b = sum(wi * median_of_sorted(b) for wi, b in zip(w, bs))
+    point_c = sum(wi * median_of_sorted(c) for wi, c in zip(w, cs))
+    boot_b = sum(wi * bootstrap_medians(b, rng) for wi, b in zip(w, bs))
+    boot_c = sum(wi * bootstrap_medians(c, rng) for wi, c in zip(w, cs))
+    ratios = np.sort(boot_c / boot_b)
     alpha = 1.0 - confidence
-    lo, hi = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
-    floor = 1.0 / ratios.size
+    n = ratios.size
+    at_most_one = int(np.searchsorted(ratios, 1.0, side="right"))
+    at_least_one = n - int(np.searchsorted(ratios, 1.0, side="left"))
+    floor = 1.0 / n
     return RatioEstimate(
         point_c / point_b,
-        float(lo),
-        float(hi),
-        max(floor, float(np.mean(ratios <= 1.0))),
-        max(floor, float(np.mean(ratios >= 1.0))),
+        quantile_of_sorted(ratios, alpha / 2),
+        quantile_of_sorted(ratios, 1 - alpha / 2),
+        max(floor, at_most_one / n),
+        max(floor, at_least_one / n),
     )
+
+
+def quantile_of_sorted(x: np.ndarray, q: float) -> float:
+    """``np.quantile(x, q)`` (linear interpolation) of an already sorted array, without its overhead."""
+    pos = q * (x.size - 1)
+    i = min(int(math.floor(pos)), x.size - 1)
+    j = min(i + 1, x.size - 1)
+    a, b = float(x[i]), float(x[j])
+    t = pos - i
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)  # numpy's own lerp, same rounding

@@ -78,10 +78,10 @@ def machine_note(m: float | None) -> str:
     return f"machine speed {m:.2f}x of baseline's (times normalised by it)"
 
 
-def _point_ratio(baselines: Sequence[Sequence[float]], currents: Sequence[Sequence[float]], weights: Sequence[float]) -> float:
-    """sum(w * median(current)) / sum(w * median(baseline)): the same number stats.ratio_ci returns."""
-    b = sum(w * float(np.median(x)) for w, x in zip(weights, baselines))
-    c = sum(w * float(np.median(x)) for w, x in zip(weights, currents))
+def _point_ratio(baselines: Sequence[np.ndarray], currents: Sequence[np.ndarray], weights: Sequence[float]) -> float:
+    """sum(w * median(current)) / sum(w * median(baseline)) of sorted samples: what stats.ratio_ci returns."""
+    b = sum(w * stats.median_of_sorted(x) for w, x in zip(weights, baselines))
+    c = sum(w * stats.median_of_sorted(x) for w, x in zip(weights, currents))
     return c / b
 
 
@@ -97,7 +97,7 @@ def _clearly_within(ratio: float, threshold: float, baselines, currents, weights
     if not 1 / (1 + threshold) <= ratio <= 1 + threshold:
         return False
     halfwidths = [
-        math.hypot(stats.median_ci_halfwidth(b), stats.median_ci_halfwidth(c))
+        math.hypot(stats.median_ci_halfwidth(b, presorted=True), stats.median_ci_halfwidth(c, presorted=True))
         for w, b, c in zip(weights, baselines, currents)
         if w
     ]
@@ -134,23 +134,29 @@ def judge(
         return Verdict(NEW, threshold, threshold, reason="no baseline yet: record one with --llmcycle-update")
     if not_comparable:
         return Verdict(NOT_COMPARABLE, threshold, threshold, reason=not_comparable)
-    cur = list(current)
+    # sorted once: medians, the median intervals and the rank test all read the sorted arrays
+    base_s = stats.sorted_array(baseline)
+    cur = stats.sorted_array(current)
     normalised = False
     machine_off = False
     if machine_factor is not None:
         if abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT):
             machine_off = True
         elif abs(machine_factor - 1) > MACHINE_NOISE:
-            cur = [c / machine_factor for c in cur]
+            cur = cur / machine_factor
             normalised = True
-    ratio = _point_ratio([baseline], [cur], [1.0])
-    if _clearly_within(ratio, threshold, [baseline], [cur], [1.0]):
-        p = stats.mann_whitney_greater(cur, baseline) if ratio >= 1 else stats.mann_whitney_greater(baseline, cur)
+
+    def rank_p(x: np.ndarray, y: np.ndarray) -> float:
+        return stats.mann_whitney_greater(x, y, presorted=True)
+
+    ratio = _point_ratio([base_s], [cur], [1.0])
+    if _clearly_within(ratio, threshold, [base_s], [cur], [1.0]):
+        p = rank_p(cur, base_s) if ratio >= 1 else rank_p(base_s, cur)
         return Verdict(
             OK, threshold, threshold, ratio=ratio, p_value=p, machine_factor=machine_factor, normalised=normalised,
             reason=f"within {threshold * 100:.1f}%",
         )
-    est = stats.ratio_ci([baseline], [cur])
+    est = stats.ratio_ci([base_s], [cur])
     ratio, lo, hi = est.ratio, est.lo, est.hi
     noise = est.rel_halfwidth
     eff = max(threshold, noise)
@@ -167,13 +173,13 @@ def judge(
     slower = ratio > 1 + eff
     faster = ratio < 1 / (1 + eff)
     if slower:
-        p = stats.mann_whitney_greater(cur, baseline)
+        p = rank_p(cur, base_s)
         significant = p < alpha and lo > 1.0
     elif faster:
-        p = stats.mann_whitney_greater(baseline, cur)
+        p = rank_p(base_s, cur)
         significant = p < alpha and hi < 1.0
     else:
-        p = stats.mann_whitney_greater(cur, baseline) if ratio >= 1 else stats.mann_whitney_greater(baseline, cur)
+        p = rank_p(cur, base_s) if ratio >= 1 else rank_p(base_s, cur)
         significant = False
     base = replace(base, p_value=p)
     if (slower or faster) and machine_off:
@@ -231,14 +237,15 @@ def judge_cycle(
     machine_off = machine_factor is not None and abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT)
     if machine_off:
         m = None
-    curs = [[c / m for c in cur] for cur in currents] if m else [list(c) for c in currents]
-    ratio = _point_ratio(baselines, curs, weights)
-    if _clearly_within(ratio, threshold, baselines, curs, weights):
+    bases = [stats.sorted_array(b) for b in baselines]
+    curs = [stats.sorted_array(c) / m for c in currents] if m else [stats.sorted_array(c) for c in currents]
+    ratio = _point_ratio(bases, curs, weights)
+    if _clearly_within(ratio, threshold, bases, curs, weights):
         return Verdict(
             OK, threshold, threshold, ratio=ratio, machine_factor=machine_factor, normalised=m is not None,
             reason=f"within {threshold * 100:.1f}%",
         )
-    est = stats.ratio_ci(baselines, curs, weights=weights)
+    est = stats.ratio_ci(bases, curs, weights=weights)
     ratio, lo, hi = est.ratio, est.lo, est.hi
     noise = est.rel_halfwidth
     eff = max(threshold, noise)

@@ -160,9 +160,40 @@ def test_ratio_ci_of_several_stages_is_the_ratio_of_weighted_totals():
     assert est.ratio == pytest.approx(30 / 20, rel=0.03)
 
 
-def test_bootstrap_of_a_huge_sample_is_thinned_and_still_centred():
+def test_bootstrap_of_a_huge_sample_is_centred():
     rng = np.random.default_rng(0)
     big = rng.normal(100, 1, 50_000)
     meds = stats.bootstrap_medians(big, np.random.default_rng(1), n_boot=200)
     assert meds.shape == (200,)
     assert abs(float(np.median(meds)) - 100) < 0.5
+
+
+@pytest.mark.parametrize("n", [2, 7, 8, 61, 200])
+def test_bootstrap_medians_draw_the_law_of_resampled_medians(n):
+    """The O(n_boot) order-statistic draw has the distribution of "resample n, take the median"."""
+    x = np.random.default_rng(n).lognormal(0.0, 0.3, n)
+    draws = 20_000
+    brute = np.median(x[np.random.default_rng(1).integers(0, n, size=(draws, n))], axis=1)
+    exact = stats.bootstrap_medians(x, np.random.default_rng(2), n_boot=draws)
+    # every value either can produce is a mid-point of two order statistics; compare their CDFs
+    grid = np.union1d(brute, exact)
+    cdf_brute = np.searchsorted(np.sort(brute), grid, side="right") / draws
+    cdf_exact = np.searchsorted(np.sort(exact), grid, side="right") / draws
+    ks = float(np.abs(cdf_brute - cdf_exact).max())
+    assert ks < 1.95 * np.sqrt(2 / draws)  # two-sample KS at alpha ~0.001: same law
+    xs = np.sort(x)
+    support = xs if n % 2 else 0.5 * (xs[:, None] + xs[None, :])  # a value, or a mid-point of two
+    assert np.isin(exact, support).all()
+
+
+def test_bootstrap_medians_of_one_sample_and_of_none():
+    assert stats.bootstrap_medians([3.0], np.random.default_rng(0), n_boot=5).tolist() == [3.0] * 5
+    with pytest.raises(ValueError):
+        stats.bootstrap_medians([], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("q", [0.0, 0.005, 0.025, 0.3, 0.5, 0.975, 0.995, 1.0])
+@pytest.mark.parametrize("n", [1, 2, 7, 2000])
+def test_quantile_of_sorted_is_numpys_linear_quantile(q, n):
+    x = np.sort(np.random.default_rng(n).lognormal(0, 1, n))
+    assert stats.quantile_of_sorted(x, q) == float(np.quantile(x, q))
