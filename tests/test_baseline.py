@@ -106,6 +106,64 @@ def test_a_nan_time_is_never_written(tmp_path):
         b.dumps()
 
 
+def _reference_dump(v, depth=0):
+    """The layout spelled with json.dumps only: what the fast writer must reproduce byte for byte."""
+    pad = "  " * (depth + 1)
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        if all(not isinstance(x, (dict, list)) for x in v.values()):
+            return json.dumps(dict(sorted(v.items())), allow_nan=False, separators=(", ", ": "))
+        items = [f"{pad}{json.dumps(k)}: {_reference_dump(v[k], depth + 1)}" for k in sorted(v)]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    if isinstance(v, list):
+        if all(not isinstance(x, (dict, list)) for x in v):
+            return json.dumps(v, allow_nan=False, separators=(", ", ": "))
+        return "[\n" + ",\n".join(pad + _reference_dump(x, depth + 1) for x in v) + "\n" + "  " * depth + "]"
+    return json.dumps(v, allow_nan=False)
+
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6)
+)
+_json_docs = st.recursive(
+    _json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=5), inner, max_size=5)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_docs)
+def test_the_writer_matches_plain_json_dumps_layout_for_any_document(doc):
+    assert bl.dumps(doc) == _reference_dump(doc) + "\n"
+    assert json.loads(bl.dumps(doc)) == doc
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_writer_refuses_non_finite_numbers_anywhere(bad):
+    for doc in ([1.0, bad], {"a": bad}, {"a": [bad]}, bad):
+        with pytest.raises(ValueError):
+            bl.dumps(doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=40))
+def test_vectorised_rounding_equals_round_sig_value_for_value(xs):
+    got = bl.round_sig_many(xs)
+    want = [bl.round_sig(x) for x in xs]
+    assert [repr(x) for x in got] == [repr(x) for x in want]
+
+
+def test_vectorised_rounding_on_ties_and_edges():
+    # halves at the 4th digit (exact in binary, or the nearest double to one), powers of ten,
+    # 9999.5-style carries, subnormals and the largest doubles
+    xs = [1234.5, 1235.5, 0.12345, 0.00012345, 99995.0, 9999.5, 999.95, 1e-3, 1e22, 1e23, 5e-324,
+          2.2250738585072014e-308, 1.7976931348623157e308, 123456789.0, -1234.5, 0.0, -0.0, 1.0]
+    xs += [k / 2**m for k in range(1, 400, 7) for m in range(0, 12)]
+    assert [repr(x) for x in bl.round_sig_many(xs)] == [repr(bl.round_sig(x)) for x in xs]
+
+
 # ----------------------------------------------------------------------------- loading
 
 
