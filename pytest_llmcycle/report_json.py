@@ -28,16 +28,30 @@ def result_dict(r: StageResult) -> dict[str, Any]:
 
 
 def _clean(v: Any) -> Any:
-    """NaN/inf become null (strict JSON parsers reject them); tuples become lists."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
+    """NaN/inf become null (strict JSON parsers reject them); tuples become lists.
+
+    Exact type checks first: ``isinstance(v, Mapping)`` is an ABC check, and this runs for
+    every value of every row (185,000 calls at 2,000 stages).
+    """
+    t = type(v)
+    if t is float:
+        return v if -math.inf < v < math.inf else None
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is list or t is tuple:
+        if set(map(type, v)) <= _FLOAT and math.isfinite(sum(v)):  # samples: the bulk of the file
+            return list(v)
+        return [_clean(x) for x in v]
+    if t is dict or isinstance(v, Mapping):
         return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, float):
+        return _clean(float(v))
     if isinstance(v, (list, tuple)):
-        if all(type(x) is float or type(x) is int for x in v):  # samples: the bulk of the file
-            return [x if math.isfinite(x) else None for x in v]
         return [_clean(x) for x in v]
     return v
+
+
+_FLOAT = frozenset({float})
 
 
 def render(results: Sequence[StageResult], meta: Mapping[str, Any]) -> str:
@@ -49,9 +63,18 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any]) -> str:
     }
     # One line per result (not indent=): json's C encoder only runs without indent, 5x faster
     # at 2,000 stages, and `python -m json.tool` pretty-prints it for a person.
-    head = json.dumps({k: _clean(v) for k, v in doc.items() if k != "results"}, sort_keys=True, allow_nan=False, default=str)
-    rows = [json.dumps(_clean(r), sort_keys=True, allow_nan=False, default=str) for r in doc["results"]]
+    head = _line({k: v for k, v in doc.items() if k != "results"})
+    rows = [_line(r) for r in doc["results"]]
     return head[:-1] + ', "results": [\n' + ",\n".join(rows) + "\n]}\n"
+
+
+def _line(d: Mapping[str, Any]) -> str:
+    """One object as one line of strict JSON. Nearly every row is finite and goes straight to
+    the C encoder; one holding a NaN or an infinity is refused there and cleaned first."""
+    try:
+        return json.dumps(d, sort_keys=True, allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(_clean(d), sort_keys=True, allow_nan=False, default=str)
 
 
 def is_report(doc: Any) -> bool:

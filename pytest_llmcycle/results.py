@@ -1,7 +1,7 @@
 """What one stage of one test came to: the record that reports, JUnit and the CLI read."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .baseline import Entry
@@ -9,6 +9,16 @@ from .verdict import Verdict
 
 #: kinds of rows: a timed stage, a test's cycle total, a stage's first (cold) call
 STAGE, CYCLE, COLD = "stage", "cycle", "cold"
+
+
+_VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+
+
+def _verdict_dict(v: Verdict) -> dict[str, Any]:
+    """``dataclasses.asdict(v)`` plus ``change``; a Verdict holds only flat values, so no deep copy."""
+    d = {name: getattr(v, name) for name in _VERDICT_FIELDS}
+    d["change"] = v.change
+    return d
 
 
 @dataclass(frozen=True)
@@ -67,9 +77,8 @@ class StageResult:
             "env": dict(self.env),
             "counters": dict(self.counters),
             "updated": self.updated,
-            "verdict": asdict(self.verdict),
+            "verdict": _verdict_dict(self.verdict),
         }
-        d["verdict"]["change"] = self.verdict.change
         return d
 
     @classmethod
