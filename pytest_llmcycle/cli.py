@@ -39,7 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import json
 
     from .compare import SnapshotError, load
-    from .report import fmt_ms
+    from .report import fmt_ms, simple_table
 
     try:
         snap = load(args.file)
@@ -68,9 +68,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for r in rows:
             print("| " + " | ".join(cell(c) for c in r) + " |")
     else:
-        from tabulate import tabulate
-
-        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+        print(simple_table(rows, headers))
     refs = ", ".join(f"{k} {fmt_ms(e.median_ms)}" for k, e in sorted(snap.references.items()))
     print(f"\n{len(rows)} stage(s) in {snap.path} ({snap.kind})" + (f"; reference workload: {refs}" if refs else ""))
     return OK
@@ -171,7 +169,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from .history import SQLiteHistory
-    from .report import fmt_ms, trend_sparkline
+    from .report import fmt_ms, simple_table, trend_sparkline
 
     path = Path(args.db)
     if not path.is_file():
@@ -195,10 +193,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         change = f"{(last / first - 1) * 100:+.1f}%" if first else "-"
         rows.append([dk, nodeid, stage, str(len(points)), fmt_ms(first) + unit, fmt_ms(last) + unit, change,
                      trend_sparkline([p.median_ms for p in points]), points[-1].outcome or "-"])
-    from tabulate import tabulate
-
-    print(tabulate(rows, headers=["device key", "test", "stage", "runs", "first", "last", "change", "trend", "last verdict"],
-                   tablefmt="simple", disable_numparse=True))
+    print(simple_table(rows, ["device key", "test", "stage", "runs", "first", "last", "change", "trend", "last verdict"]))
     return OK
 
 

@@ -15,6 +15,9 @@ import numpy  # noqa: F401 - inline pytester runs drop modules first imported in
 import pytest
 import torch  # noqa: F401 - torch and numpy cannot load twice in one process
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pytest_llmcycle import report, report_html, report_json, report_markdown
 from pytest_llmcycle import verdict as vd
 from pytest_llmcycle.baseline import Entry
@@ -115,6 +118,30 @@ def test_markdown_environment_is_a_collapsible_block(rows):
     details = text[text.index("<details><summary>Environment</summary>"):]
     assert "| device key | cpu-test |" in details and "| torch | 9.9 |" in details
     assert "| setting threshold | 0.1 |" in details and details.rstrip().endswith("</details>")
+
+
+_cell = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda k: st.tuples(
+            st.lists(_cell.filter(lambda h: h and h == h.strip()), min_size=k, max_size=k),
+            st.lists(st.lists(_cell, min_size=k, max_size=k), max_size=6),
+        )
+    )
+)
+def test_the_text_table_is_tabulates_simple_layout(table):
+    tabulate = pytest.importorskip("tabulate").tabulate
+    headers, cells = table
+    assert report.simple_table(cells, headers) == tabulate(cells, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def test_the_terminal_table_of_real_rows_is_tabulates_too(rows):
+    tabulate = pytest.importorskip("tabulate").tabulate
+    want = tabulate(report.table_rows(rows), headers=report.HEADERS, tablefmt="simple", disable_numparse=True)
+    assert report.terminal_table(rows) == want
 
 
 def test_sparkline_is_a_histogram():
