@@ -197,3 +197,17 @@ def test_bootstrap_medians_of_one_sample_and_of_none():
 def test_quantile_of_sorted_is_numpys_linear_quantile(q, n):
     x = np.sort(np.random.default_rng(n).lognormal(0, 1, n))
     assert stats.quantile_of_sorted(x, q) == float(np.quantile(x, q))
+
+
+def test_ratio_ci_reuses_its_draws_and_gets_what_fresh_draws_give():
+    """The cached resample indices are the ones a fresh seeded generator draws: same interval."""
+    base, cur = jittered(10.0, n=64, seed=11), jittered(10.8, n=200, seed=12)
+    first = stats.ratio_ci([base], [cur], seed=3)
+    rng = np.random.default_rng(3)
+    boot_b = stats.bootstrap_medians(base, rng)
+    boot_c = stats.bootstrap_medians(cur, rng)  # the same stream, in ratio_ci's order
+    ratios = np.sort(boot_c / boot_b)
+    assert (first.lo, first.hi) == (stats.quantile_of_sorted(ratios, 0.025), stats.quantile_of_sorted(ratios, 0.975))
+    other = stats.ratio_ci([jittered(5.0, n=64, seed=13)], [jittered(5.0, n=200, seed=14)], seed=3)
+    assert stats.ratio_ci([base], [cur], seed=3) == first  # a second call, from the cache
+    assert other != first
