@@ -122,7 +122,7 @@ class Entry:
             q1_ms=float(d["q1_ms"]) if d.get("q1_ms") is not None else float(d["median_ms"]),
             q3_ms=float(d["q3_ms"]) if d.get("q3_ms") is not None else float(d["median_ms"]),
             n=int(d.get("n", len(d["samples_ms"]))),
-            samples_ms=tuple(float(s) for s in d["samples_ms"]),
+            samples_ms=tuple(map(float, d["samples_ms"])),
             unit=str(d.get("unit", "call")),
             cold_ms=float(d["cold_ms"]) if d.get("cold_ms") is not None else None,
             env=dict(d.get("env", {})),

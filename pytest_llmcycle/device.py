@@ -5,6 +5,7 @@ plugin in every pytest run, including runs with no timing tests and no torch ins
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -69,7 +70,9 @@ def device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
+    """The CPU's model name; read once a process (every stage's environment records it)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -5,6 +5,7 @@ and rendering live in their own modules.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -207,8 +208,10 @@ class LLMCycle(LLMStages):
         (1 for a call, the number of new tokens for per-token decode, 0 to leave it out).
         """
         self._check_stage(stage)
-        bad = [x for x in measurement.samples_ns if not (0 < x < float("inf"))]
-        if not measurement.samples_ns or bad:
+        xs = measurement.samples_ns
+        # all positive and finite (a NaN or an inf makes the sum non-finite), else name the bad ones
+        bad = [] if xs and min(xs) > 0 and math.isfinite(sum(xs)) else [x for x in xs if not (0 < x < math.inf)]
+        if not xs or bad:
             raise ValueError(
                 f"stage {stage!r}: a measurement needs positive, finite durations; got "
                 f"{len(measurement.samples_ns)} sample(s), bad: {bad[:3]}"
@@ -217,7 +220,7 @@ class LLMCycle(LLMStages):
         entry = self._baseline(stage)
         env = self.environment(dtype)
         mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
-        base = list(entry.samples_ms) if entry else None
+        base = entry.samples_ms if entry else None
         cur = ns_to_ms(measurement.samples_ns)
         v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
         if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
@@ -228,15 +231,16 @@ class LLMCycle(LLMStages):
 
         changed = cnt.compare(entry.counters, counters) if entry is not None and not mismatch else []
         grew = [c for c in changed if c.increased]
-        final = measurement
+        final, final_ms = measurement, cur
         remeasured = None
         if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update and not grew:
             second = remeasure()
             if s.machine_check:
                 self._machine_factor = run.machine_factor(_sample_s(second))
-            v2 = vd.judge(base, ns_to_ms(second.samples_ns), s.threshold, s.alpha, self._machine_factor, mismatch)
+            second_ms = ns_to_ms(second.samples_ns)
+            v2 = vd.judge(base, second_ms, s.threshold, s.alpha, self._machine_factor, mismatch)
             v = vd.confirm(v, v2)
-            final, remeasured = second, second
+            final, final_ms, remeasured = second, second_ms, second
         elif v.outcome == vd.REGRESSED and not s.update and remeasure is None and not grew:
             v = replace(v, outcome=vd.INCONCLUSIVE, reason=v.reason + "; no re-measure possible, not gated")
         if grew:
@@ -245,7 +249,7 @@ class LLMCycle(LLMStages):
             v = replace(v, outcome=vd.IMPROVED, reason=cnt.describe(changed, measurement.unit) + ": record it with --llmcycle-update")
         elif s.update and counters and entry is not None and not entry.counters and v.outcome == vd.OK:
             v = replace(v, outcome=vd.NEW, reason="counters not in the baseline yet")
-        return self._store(stage, final, entry, env, v, measurement, remeasured, cycle_weight, counters)
+        return self._store(stage, final, final_ms, entry, env, v, measurement, remeasured, cycle_weight, counters)
 
     # ------------------------------------------------------------------ internals
     def _check_stage(self, stage: str) -> None:
@@ -257,8 +261,8 @@ class LLMCycle(LLMStages):
     def _baseline(self, stage: str) -> Entry | None:
         return self._run.load_baselines().entry(self.device_key, self.nodeid, stage)
 
-    def _store(self, stage, final, entry, env, v, first, remeasured, weight, counters) -> StageResult:
-        samples = ns_to_ms(final.samples_ns)
+    def _store(self, stage, final, samples, entry, env, v, first, remeasured, weight, counters) -> StageResult:
+        """Record ``final`` (whose samples are ``samples``, in ms) as the stage's result."""
         e = entry_from_samples(samples, final.unit, first.cold_ns / 1e6 if first.cold_ns else None, env, counters)
         r = StageResult(
             nodeid=self.nodeid,
@@ -292,7 +296,7 @@ class LLMCycle(LLMStages):
             entry = self._baseline(name)
             env = self.environment(self._block_dtype.get(name))
             mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
-            base = list(entry.samples_ms) if entry else None
+            base = entry.samples_ms if entry else None
             cur = ns_to_ms(samples_ns)
             v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
             if v.outcome == vd.REGRESSED and not s.update:
@@ -308,7 +312,7 @@ class LLMCycle(LLMStages):
                     second = vd.judge(base, cur[half:], s.threshold, s.alpha, None, mismatch)
                     # the halves play measurement and re-measure: both must regress
                     v = vd.confirm(first, second) if first.outcome == vd.REGRESSED else vd.confirm(v, first)
-            self._store(name, m, entry, env, v, m, None, 1.0, None)
+            self._store(name, m, cur, entry, env, v, m, None, 1.0, None)
 
     def _finish_cycle(self) -> None:
         stages = [r for r in self.results if r.kind == STAGE and self._weights.get(r.stage, 0) > 0]
@@ -320,7 +324,7 @@ class LLMCycle(LLMStages):
         if judged:
             s = self.settings
             v = vd.judge_cycle(
-                [list(r.baseline.samples_ms) for r in stages],  # type: ignore[union-attr]
+                [r.baseline.samples_ms for r in stages],  # type: ignore[union-attr]
                 [self._final_samples[r.stage] for r in stages],
                 weights,
                 s.threshold,

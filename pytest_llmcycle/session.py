@@ -42,13 +42,14 @@ def entry_from_samples(samples_ms, unit, cold_ms, env, counters=None, extra=None
     from . import stats
     from .baseline import STORED_SAMPLES
 
-    s = stats.summarize(samples_ms)
+    x = stats.sorted_array(samples_ms)  # one sort for the quartiles and the stored samples
+    s = stats.summarize(x, presorted=True)
     return Entry(
         median_ms=s.median,
         q1_ms=s.q1,
         q3_ms=s.q3,
         n=s.n,
-        samples_ms=tuple(stats.thin(samples_ms, STORED_SAMPLES)),
+        samples_ms=tuple(stats.thin(x, STORED_SAMPLES, presorted=True)),
         unit=unit,
         cold_ms=cold_ms,
         env=env,
