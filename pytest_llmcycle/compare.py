@@ -148,6 +148,6 @@ def exit_code(rows: list[StageResult], strict: bool = False) -> int:
 
 
 def to_json(rows: list[StageResult], **about: Any) -> str:
-    from .report_json import result_dict
+    from .report_json import result_dicts
 
-    return json.dumps({"compare": about, "results": [result_dict(r) for r in rows]}, indent=1, sort_keys=True, default=str) + "\n"
+    return json.dumps({"compare": about, "results": result_dicts(rows)}, indent=1, sort_keys=True, default=str) + "\n"

@@ -155,6 +155,12 @@ def test_vectorised_rounding_equals_round_sig_value_for_value(xs):
     assert [repr(x) for x in got] == [repr(x) for x in want]
 
 
+def test_entries_to_json_is_each_entrys_to_json():
+    es = [entry(), entry(samples=(1.23456, 98765.4321, 5e-7)), entry(samples=(3.0,), cold_ms=2.5, unit="token")]
+    assert bl.entries_to_json(es) == [e.to_json() for e in es]
+    assert bl.entries_to_json([]) == []
+
+
 def test_vectorised_rounding_on_ties_and_edges():
     # halves at the 4th digit (exact in binary, or the nearest double to one), powers of ten,
     # 9999.5-style carries, subnormals and the largest doubles
