@@ -56,7 +56,8 @@ def synthetic(n_stages: int, mix: str, seed: int = 0):
             u = rng.uniform()
             factor, spread = (1.3, 0.02) if u < 0.03 else (1.0, 0.15) if u < 0.05 else (1.0, 0.02)
         cur = median * factor * (1 + spread * rng.standard_normal(200))
-        rows.append(("cpu-amd-epyc", nodeid, stage, list(np.abs(cur) + 1e-3)))
+        # whole nanoseconds in milliseconds, as the fixture's samples are (perf_counter_ns / 1e6)
+        rows.append(("cpu-amd-epyc", nodeid, stage, (np.rint(np.abs(cur) * 1e6 + 1) / 1e6).tolist()))
     return b, rows
 
 
