@@ -11,6 +11,8 @@ import functools
 import html
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from . import verdict as vd
 from .report import fmt_change, fmt_ms, sort_rows, verdict_cell
 from .report_markdown import summary_line
@@ -67,8 +69,12 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 @functools.lru_cache(maxsize=64)
 def _jitter_y(y0: float, n: int) -> tuple[str, ...]:
-    """Vertical positions of a lane's dots: golden-ratio steps, scattered yet reproducible."""
-    return tuple(str(round(y0 + 5 + (j * 0.6180339887) % 1.0 * (LANE - 12))) for j in range(n))
+    """The rest of each dot's path command after its x: its y (golden-ratio steps, scattered
+    yet reproducible) and the zero-length segment that draws it."""
+    return tuple(f"{round(y0 + 5 + (j * 0.6180339887) % 1.0 * (LANE - 12))}h0" for j in range(n))
+
+
+_MOVE = [f"M{px} " for px in range(W + 1)]
 
 
 def strip_plot(r: StageResult) -> str:
@@ -103,7 +109,8 @@ def strip_plot(r: StageResult) -> str:
         # every dot of a lane in one path of zero-length round-capped segments: a sixth of the
         # bytes of one <circle> per sample (the report stays a few MB at 2,000 stages)
         scale, ys = (W - PAD_L - PAD_R) / (hi - lo), _jitter_y(y0, len(vals))
-        dots = "".join([f"M{round(PAD_L + (v - lo) * scale)} {y}h0" for v, y in zip(vals, ys)])  # 1 px steps
+        xs = np.clip(np.rint(PAD_L + (np.asarray(vals, dtype=float) - lo) * scale), 0, W).astype(int).tolist()  # 1 px steps
+        dots = "".join([_MOVE[px] + y for px, y in zip(xs, ys)])
         parts.append(
             f'<path d="{dots}" stroke="{color}" stroke-opacity="0.6" stroke-width="4" stroke-linecap="round" fill="none">'
             f"<title>{name}: {len(vals)} samples</title></path>"
