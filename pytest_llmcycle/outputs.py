@@ -26,9 +26,7 @@ def report_format(path: str) -> str | None:
 
 
 def _round(x: float | None) -> float | None:
-    from .baseline import round_sig
-
-    return None if x is None else round_sig(float(x))
+    return None if x is None else float(f"{float(x):.4g}")  # baseline.round_sig's 4 digits; stdlib only here
 
 
 def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:

@@ -231,6 +231,15 @@ def test_html_shows_the_decode_timeline_and_the_trend_when_given(rows):
 # ----------------------------------------------------------------------------- JUnit
 
 
+def test_junit_values_are_rounded_like_the_baseline_file():
+    from pytest_llmcycle import outputs
+    from pytest_llmcycle.baseline import round_sig
+
+    for x in (12.345678, 0.00012345678, 98765.4321, 1.0, 0.0, math.inf):
+        assert outputs._round(x) == round_sig(x)
+    assert outputs._round(None) is None
+
+
 def test_junit_properties_name_each_stage(rows):
     props = dict(junit_properties(rows))
     assert props["llmcycle.decode.verdict"] == vd.REGRESSED
