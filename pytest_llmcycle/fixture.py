@@ -276,7 +276,7 @@ class LLMCycle(LLMStages):
             n=e.n,
             baseline=entry,
             cold_ms=e.cold_ms,
-            remeasure_median_ms=(ns_to_ms([remeasured.median_ns])[0] if remeasured else None),
+            remeasure_median_ms=(remeasured.median_ns / 1e6 if remeasured else None),
             spent_s=first.spent_s + (remeasured.spent_s if remeasured else 0.0),
             samples_ms=e.samples_ms,
             timeline_ms=tuple(final.extra.get("timeline_ms", ())),

@@ -10,12 +10,15 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import device as devmod
 from .baseline import Baselines, BaselineError, Entry, merge_into_file
 from .config import Settings
 from .results import StageResult
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 #: the per-stage hard limit when --llmcycle-stage-timeout is not given: this, or 60x the budget
@@ -34,8 +37,12 @@ def timing_lock_path(device: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"pytest-llmcycle-timing-{uid}-{safe}.lock")
 
 
-def ns_to_ms(samples: Any) -> list[float]:
-    return [s / 1e6 for s in samples]
+def ns_to_ms(samples: Any) -> "np.ndarray":
+    """Nanosecond samples as a float array of milliseconds (the verdicts and summaries read
+    arrays: no list of Python floats is built only to be converted again)."""
+    import numpy as np
+
+    return np.asarray(samples, dtype=float) / 1e6
 
 
 def entry_from_samples(samples_ms, unit, cold_ms, env, counters=None, extra=None) -> Entry:
