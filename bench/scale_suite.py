@@ -18,6 +18,7 @@ something (reports, the FAILURES section), which is counted here. The machine ch
 it would run the real reference workload, which is measurement, not overhead.
 
 Run:  .venv/bin/python bench/scale_suite.py [--tests 500] [--runs 5]
+      (PYTHONPATH=<another checkout> times that checkout's plugin with the same suite)
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def make(i, j, rep):
         v = random.Random(i * 4 + j + 10**6).random()
         factor, spread = (1.3, 0.02) if v < 0.03 else (1.0, 0.15) if v < 0.05 else (1.0, 0.02)
     off = (i * 131 + j * 17 + rep * 1009 + len(MIX)) % (len(_Z) - 200)
-    xs = tuple(abs(median * factor * (1 + spread * z)) + 1.0 for z in _Z[off:off + 200])
+    # whole nanoseconds, as perf_counter_ns gives them
+    xs = tuple(float(round(abs(median * factor * (1 + spread * z)))) + 1.0 for z in _Z[off:off + 200])
     return Measurement(samples_ns=xs, cold_ns=3 * median, rounds=200, spent_s=sum(xs) / 1e9)
 
 
@@ -86,7 +88,8 @@ def run(work: Path, args: list[str], mix: str) -> tuple[float, subprocess.Comple
     # bytecode caching on, as on a developer machine or a CI runner (this sandbox turns it off,
     # which makes every run recompile, with assertion rewriting, whatever it imports)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(MIX=mix, PYTHONPATH=str(work), PYTHONHASHSEED="0")
+    # the suite's folder first; a PYTHONPATH given to the bench stays (to time another checkout)
+    env.update(MIX=mix, PYTHONPATH=os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")])), PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:xdist",
            "-p", "no:randomly", "-p", "no:hypothesispytest", "test_suite.py", *args]
     t0 = time.perf_counter()
