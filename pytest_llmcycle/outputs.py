@@ -120,7 +120,12 @@ def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict 
 
 
 def _trends(store: Any, results: Sequence["StageResult"]) -> dict:
-    return {(r.nodeid, r.stage): store.series(r.nodeid, r.stage, r.device_key) for r in results if r.kind != COLD}
+    rows = [r for r in results if r.kind != COLD]
+    many = getattr(store, "series_many", None)  # a store of the two-method protocol may lack it
+    if many is not None:
+        found = many((r.nodeid, r.stage, r.device_key) for r in rows)
+        return {(r.nodeid, r.stage): found[(r.nodeid, r.stage, r.device_key)] for r in rows}
+    return {(r.nodeid, r.stage): store.series(r.nodeid, r.stage, r.device_key) for r in rows}
 
 
 def write_outputs(

@@ -40,6 +40,36 @@ def test_series_of_one_device_key_and_of_nothing(tmp_path):
     assert len(store.series("t::a", "decode")) == 2
 
 
+def test_series_many_reads_what_series_reads_in_one_go(tmp_path):
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    missing = ("t::nothing", "decode", "cpu-a")
+    assert store.series_many([missing]) == {missing: []}  # no file yet
+    for i, m in enumerate([1.0, 1.2]):
+        store.append({"created": f"r{i}", "commit": f"c{i}"},
+                     [row("t::a", "decode", m), row("t::a", "decode", 9.0 + i, key="cuda-b"), row("t::b", "prefill", 5.0 + i)])
+    keys = [("t::a", "decode", "cpu-a"), ("t::a", "decode", "cuda-b"), ("t::b", "prefill", "cpu-a"), missing]
+    many = store.series_many(keys + keys[:1])  # a key asked twice is read once
+    assert many == {k: store.series(*k) for k in keys}
+    assert [p.median_ms for p in many[keys[1]]] == [9.0, 10.0]
+
+
+def test_trends_for_a_report_use_one_batch_query_or_the_two_method_protocol(tmp_path):
+    from pytest_llmcycle.outputs import _trends
+
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    results = [row("t::a", "decode", 1.0), row("t::a", "decode", 50.0, kind=COLD)]
+    store.append({"created": "r0"}, results)
+
+    class TwoMethods:  # a team's own store: append and series only
+        def append(self, run_meta, rows):
+            return 0
+
+        def series(self, nodeid, stage, device_key=None):
+            return store.series(nodeid, stage, device_key)
+
+    assert _trends(store, results) == _trends(TwoMethods(), results) == {("t::a", "decode"): store.series("t::a", "decode")}
+
+
 def test_the_run_meta_is_stored_whole(tmp_path):
     store = SQLiteHistory(tmp_path / "h.sqlite")
     run_id = store.append({"created": "t", "commit": "abc", "settings": {"threshold": 0.25}}, [row("t::a", "s", 1.0)])
