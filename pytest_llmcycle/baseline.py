@@ -339,17 +339,22 @@ def _validate(raw: Any, path: Path) -> None:
         raise bad("'devices'", "is not an object")
     for key, dev in devices.items():
         if not isinstance(dev, dict):
-            raise bad(f"devices.{key}", "is not an object")
+            raise bad(f"devices.{_name(key)}", "is not an object")
         if "reference" in dev:
-            _validate_entry(dev["reference"], f"devices.{key}.reference", bad)
+            _validate_entry(dev["reference"], f"devices.{_name(key)}.reference", bad)
         tests = dev.get("tests", {})
         if not isinstance(tests, dict):
-            raise bad(f"devices.{key}.tests", "is not an object")
+            raise bad(f"devices.{_name(key)}.tests", "is not an object")
         for nodeid, stages in tests.items():
             if not isinstance(stages, dict):
-                raise bad(f"devices.{key}.tests[{nodeid!r}]", "is not an object")
+                raise bad(f"devices.{_name(key)}.tests[{nodeid!r}]", "is not an object")
             for stage, entry in stages.items():
-                _validate_entry(entry, f"devices.{key}.tests[{nodeid!r}].{stage}", bad)
+                _validate_entry(entry, f"devices.{_name(key)}.tests[{nodeid!r}].{_name(stage)}", bad)
+
+
+def _name(key: str) -> str:
+    """A key as an error message shows it: plain names as they are, anything else quoted (one line)."""
+    return key if re.fullmatch(r"[\w.:+-]+", key) else repr(key)
 
 
 def _positive_time(v: Any) -> bool:

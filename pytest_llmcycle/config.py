@@ -4,6 +4,7 @@ Pure Python (no torch, numpy or pytest imports at module level) so the plugin im
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
@@ -79,6 +80,11 @@ def _int(v: Any) -> int:
     return int(v)
 
 
+def _valid_baseline_path(x: str) -> bool:
+    """Non-empty; the only placeholder is ``{module}`` (any other brace is a typo)."""
+    return bool(x.strip()) and not re.search(r"[{}]", x.replace("{module}", ""))
+
+
 _SPEC: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
     "threshold": (_float, _positive, "a fraction > 0, e.g. 0.10 for 10%"),
     "alpha": (_float, _prob, "a probability between 0 and 1, e.g. 0.01"),
@@ -90,7 +96,7 @@ _SPEC: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
     "threads": (_int, lambda x: x >= 1, "an integer >= 1"),
     "device": (str, lambda x: True, "auto, cpu, cuda, cuda:N or mps"),
     "device_key": (str, lambda x: bool(x.strip()), "a non-empty name"),
-    "baseline": (str, lambda x: bool(x.strip()), "a file path"),
+    "baseline": (str, _valid_baseline_path, "a file path, optionally with {module} for one file per test module"),
     "strict": (_parse_bool, lambda x: True, "true or false"),
     "update": (_parse_bool, lambda x: True, "true or false"),
     "update_all": (_parse_bool, lambda x: True, "true or false"),

@@ -224,7 +224,7 @@ class LLMCycle(LLMStages):
         cur = ns_to_ms(measurement.samples_ns)
         v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
         if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
-            self._machine_factor = run.machine_factor(_sample_s(measurement))
+            self._machine_factor = run.machine_factor(_sample_s(measurement), self.nodeid)
             v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch)
         # Counters are deterministic: a counter that grew is a regression without a re-measure.
         from . import counters as cnt
@@ -236,7 +236,7 @@ class LLMCycle(LLMStages):
         if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update and not grew:
             second = remeasure()
             if s.machine_check:
-                self._machine_factor = run.machine_factor(_sample_s(second))
+                self._machine_factor = run.machine_factor(_sample_s(second), self.nodeid)
             second_ms = ns_to_ms(second.samples_ns)
             v2 = vd.judge(base, second_ms, s.threshold, s.alpha, self._machine_factor, mismatch)
             v = vd.confirm(v, v2)
@@ -259,7 +259,7 @@ class LLMCycle(LLMStages):
             raise ValueError(f"stage {stage!r} was already measured in this test; give each stage its own name")
 
     def _baseline(self, stage: str) -> Entry | None:
-        return self._run.load_baselines().entry(self.device_key, self.nodeid, stage)
+        return self._run.load_baselines(self.nodeid).entry(self.device_key, self.nodeid, stage)
 
     def _store(self, stage, final, samples, entry, env, v, first, remeasured, weight, counters) -> StageResult:
         """Record ``final`` (whose samples are ``samples``, in ms) as the stage's result."""

@@ -256,7 +256,7 @@ def prepare_run(config: pytest.Config) -> Any:
 
     run = get_run(config)
     try:
-        run.load_baselines()
+        run.preload()
     except BaselineError as e:
         raise pytest.UsageError(str(e)) from None
     try:
@@ -337,7 +337,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
         tr.write_line(f"llmcycle: {len(faster)} test(s) faster than their baseline; to record it: {accept_command(faster)}")
     if run.written:
-        tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {run.baseline_path}")
+        files = sorted(set(run.written_files))
+        where = files[0] if len(files) == 1 else f"{len(files)} files ({run.baseline_path})"
+        tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {where}")
     if getattr(run, "write_error", None):
         tr.write_line(f"llmcycle: {run.write_error}", red=True)
     for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):

@@ -37,6 +37,24 @@ def timing_lock_path(device: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"pytest-llmcycle-timing-{uid}-{safe}.lock")
 
 
+#: in --llmcycle-baseline, replaced by the test module's name: one baseline file per module
+MODULE_PLACEHOLDER = "{module}"
+
+
+def module_file_stem(nodeid: str) -> str:
+    """``tests/llm/test_decode.py::test_x[a]`` -> ``tests.llm.test_decode``: a file name, never a path.
+
+    Anything but letters, digits, ``_``, ``.`` and ``-`` becomes ``_`` and runs of dots fold
+    into one, so a module name can neither leave the baseline folder nor hide a file.
+    """
+    module = nodeid.split("::", 1)[0]
+    if module.endswith(".py"):
+        module = module[:-3]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", module.replace("\\", ".").replace("/", "."))
+    stem = re.sub(r"\.{2,}", ".", stem).strip(".")
+    return stem or "_"
+
+
 def ns_to_ms(samples: Any) -> "np.ndarray":
     """Nanosecond samples as a float array of milliseconds (the verdicts and summaries read
     arrays: no list of Python floats is built only to be converted again)."""
@@ -88,19 +106,57 @@ class RunState:
         # ".." is collapsed lexically (no stray folders are created for "a/../b.json");
         # symlinks are kept here and followed when the file is written (baseline.atomic_write_text)
         self.baseline_path = Path(os.path.abspath(path if path.is_absolute() else Path(rootdir) / path))
-        self.baselines: Baselines | None = None
+        #: "{module}" in the path: one file per test module (baseline_path is then the template)
+        self.per_module = MODULE_PLACEHOLDER in str(self.baseline_path)
+        self._loaded: dict[Path, Baselines] = {}
         self.results: list[StageResult] = []
         self.pending: list[tuple[str, str, str, Entry]] = []
         self.written: list[str] = []
+        self.written_files: list[str] = []
         self._device: str | None = None
         self._device_key: str | None = None
 
     # ---- resolved lazily
-    def load_baselines(self) -> Baselines:
-        """Load (once) and validate the baseline file; raises BaselineError."""
-        if self.baselines is None:
-            self.baselines = Baselines.load(self.baseline_path)
-        return self.baselines
+    def baseline_path_for(self, nodeid: str | None) -> Path:
+        """The file that holds ``nodeid``'s baselines (the one file, or its module's file)."""
+        if not self.per_module:
+            return self.baseline_path
+        if nodeid is None:
+            raise ValueError("with {module} in the baseline path, a test's node id picks the file")
+        return Path(str(self.baseline_path).replace(MODULE_PLACEHOLDER, module_file_stem(nodeid)))
+
+    def load_baselines(self, nodeid: str | None = None) -> Baselines:
+        """Load (once) and validate the baseline file that holds ``nodeid``; raises BaselineError."""
+        path = self.baseline_path_for(nodeid) if self.per_module else self.baseline_path
+        loaded = self._loaded.get(path)
+        if loaded is None:
+            loaded = self._loaded[path] = Baselines.load(path)
+        return loaded
+
+    def preload(self) -> None:
+        """Load and validate every baseline file now (before any test runs): a bad one fails early."""
+        if not self.per_module:
+            self.load_baselines()
+            return
+        import glob
+
+        pattern = glob.escape(str(self.baseline_path)).replace(MODULE_PLACEHOLDER, "*")
+        for name in sorted(glob.glob(pattern)):
+            p = Path(name)
+            if p not in self._loaded:
+                self._loaded[p] = Baselines.load(p)
+
+    @property
+    def baselines(self) -> Baselines | None:
+        """The loaded single baseline file (None before loading, or with one file per module)."""
+        return None if self.per_module else self._loaded.get(self.baseline_path)
+
+    @baselines.setter
+    def baselines(self, value: Baselines | None) -> None:
+        """``None`` forgets what was loaded, so the files are read again."""
+        self._loaded.clear()
+        if value is not None:
+            self._loaded[value.path] = value
 
     @property
     def device(self) -> str:
@@ -125,7 +181,8 @@ class RunState:
 
     def check_writable(self) -> str | None:
         """Why the baseline file could not be written, or None; checked before a long run."""
-        p = Path(os.path.realpath(self.baseline_path))  # a symlink is written at its target
+        target = str(self.baseline_path).replace(MODULE_PLACEHOLDER, "_")  # per module: its folder
+        p = Path(os.path.realpath(target))  # a symlink is written at its target
         folder = p.parent
         while not folder.exists():
             folder = folder.parent
@@ -177,17 +234,18 @@ class RunState:
             lock.release()
 
     # ---- the machine's speed
-    def machine_factor(self, sample_s: float = 0.0) -> float | None:
+    def machine_factor(self, sample_s: float = 0.0, nodeid: str | None = None) -> float | None:
         """Current / stored median of the reference workload, or None without a stored one.
 
         ``sample_s`` is how long one sample of the suspect stage lasts: the reference is timed
         in batches that long, so a busy neighbour's time slices interrupt both alike (a
-        sub-millisecond reference slips between them while a 10 ms stage does not).
+        sub-millisecond reference slips between them while a 10 ms stage does not). The stored
+        reference is the one in ``nodeid``'s baseline file.
         """
         from . import machine, stats
         from .timing import pinned_threads
 
-        stored = self.load_baselines().reference(self.device_key)
+        stored = self.load_baselines(nodeid).reference(self.device_key)
         if stored is None or not self._reference_usable(stored):
             return None
         with self.timing_lock(), pinned_threads(self.threads):
@@ -220,18 +278,28 @@ class RunState:
 
     # ---- writing
     def write_updates(self) -> None:
-        """Merge pending entries into the baseline file (atomic; keeps others' entries)."""
+        """Merge pending entries into their baseline file(s) (atomic; keeps others' entries).
+
+        Each file gets this device's reference workload when it has no usable one (measured
+        at most once a run, shared by every file written).
+        """
         if not self.pending:
             return
-        keys = sorted({k for k, _, _, _ in self.pending})
-        refs = {}
-        stored = self.load_baselines()
-        for key in keys:
-            ref = stored.reference(key) if key == self.device_key else None
-            if key == self.device_key and (ref is None or not self._reference_usable(ref) or self.settings.update_all):
-                refs[key] = self.reference_entry()
-        merge_into_file(self.baseline_path, self.pending, refs)
-        self.written = [f"{k} {n} {s}" for k, n, s, _ in self.pending]
+        by_file: dict[Path, list] = {}
+        for item in self.pending:
+            by_file.setdefault(self.baseline_path_for(item[1]), []).append(item)
+        measured: Entry | None = None
+        for path, entries in sorted(by_file.items()):
+            stored = self.load_baselines(entries[0][1])
+            refs = {}
+            if any(k == self.device_key for k, _, _, _ in entries):
+                ref = stored.reference(self.device_key)
+                if ref is None or not self._reference_usable(ref) or self.settings.update_all:
+                    measured = measured or self.reference_entry()
+                    refs[self.device_key] = measured
+            merge_into_file(path, entries, refs)
+            self.written_files.append(str(path))
+            self.written += [f"{k} {n} {s}" for k, n, s, _ in entries]
         self.pending = []
 
 

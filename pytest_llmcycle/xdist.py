@@ -102,6 +102,7 @@ def dump_run(run: Any) -> str:
     payload = {
         "results": results,
         "written": list(run.written),
+        "written_files": list(getattr(run, "written_files", ())),
         "write_error": getattr(run, "write_error", None),
         "device": run._device,
         "device_key": run._device_key,
@@ -117,6 +118,7 @@ def load_into(run: Any, text: str, worker: str = "") -> None:
     run.results.extend(StageResult.from_dict(d) for d in data.get("results", ()))
     run.results.sort(key=lambda r: r.nodeid)  # stable: one order whichever worker finished first
     run.written.extend(data.get("written", ()))
+    run.written_files.extend(data.get("written_files", ()))
     if data.get("write_error"):
         mine = getattr(run, "write_error", None)
         err = f"{worker}: {data['write_error']}" if worker else data["write_error"]

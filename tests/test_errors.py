@@ -243,3 +243,41 @@ def test_min_rounds_above_max_rounds_is_refused(project):
     project.makepyfile(test_marked="import pytest\n\n@pytest.mark.llmcycle(min_rounds=50, max_rounds=20)\ndef test_m(llmcycle):\n    pass\n")
     # per-test overrides are checked like global ones
     assert_one_line_error(project.runpytest(), "test_marked.py::test_m: llmcycle min_rounds=50 exceeds max_rounds=20")
+
+
+# ----------------------------------------------------------------------------- one file per module
+
+
+@pytest.mark.parametrize(
+    "nodeid, stem",
+    [
+        ("tests/test_latency.py::test_generate", "tests.test_latency"),
+        ("tests/llm/test_decode.py::TestX::test_y[a-b]", "tests.llm.test_decode"),
+        ("test_x.py", "test_x"),
+        ("../../etc/test_x.py::t", "etc.test_x"),  # dots fold, slashes go: never a path
+        ("tests\\win\\test_x.py::t", "tests.win.test_x"),
+        ("tests/tëst ü$(rm).py::t", "tests.t_st____rm_"),
+        ("...py::t", "_"),
+    ],
+)
+def test_a_module_becomes_a_plain_file_name(nodeid, stem):
+    from pytest_llmcycle.session import module_file_stem
+
+    assert module_file_stem(nodeid) == stem
+    assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
+
+
+def test_a_module_file_always_lands_in_the_chosen_folder(tmp_path):
+    from pytest_llmcycle.config import Settings
+    from pytest_llmcycle.session import RunState
+
+    run = RunState(Settings(baseline="perf/{module}.json"), tmp_path)
+    for nodeid in ("../../x.py::t", "a/b/../../c.py::t", "/abs/test_y.py::t", "..\\..\\z.py::t"):
+        assert run.baseline_path_for(nodeid).parent == tmp_path / "perf"
+
+
+@pytest.mark.parametrize("path", ["perf/{modul}.json", "perf/{module.json", "{}.json", "perf/{0}.json"])
+def test_a_baseline_path_with_another_placeholder_is_refused(project, path):
+    result = project.runpytest("--llmcycle-baseline", path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llmcycle-baseline*{module}*"])

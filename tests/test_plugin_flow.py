@@ -75,7 +75,7 @@ def machine_speed(monkeypatch):
     if "MACHINE_FACTOR" in os.environ:
         from pytest_llmcycle.session import RunState
 
-        monkeypatch.setattr(RunState, "machine_factor", lambda self, sample_s=0.0: float(os.environ["MACHINE_FACTOR"]))
+        monkeypatch.setattr(RunState, "machine_factor", lambda self, sample_s=0.0, nodeid=None: float(os.environ["MACHINE_FACTOR"]))
 '''
 
 INI = """
@@ -569,6 +569,46 @@ def test_a_baseline_path_can_be_chosen(project, monkeypatch):
     assert not (project.path / BASELINE).exists()
     monkeypatch.setenv("SLOW_FORWARD", "1.3")
     project.runpytest("--llmcycle-baseline", "perf/latency.json").assert_outcomes(failed=1, passed=1)
+
+
+ATTENTION_MODULE = """
+def test_attention(llmcycle, clock):
+    llmcycle.measure("attention", clock.work(1.5, "attention"))
+"""
+
+
+def test_one_baseline_file_per_test_module(project, monkeypatch):
+    project.makepyfile(test_model=TWO_TESTS)
+    project.mkpydir("perf")
+    (project.path / "perf" / "test_attention.py").write_text(ATTENTION_MODULE)
+    per_module = ("--llmcycle-baseline", ".llmcycle/{module}.json")
+    record(project, *per_module).stdout.fnmatch_lines(["*wrote 4 baseline entries to 2 files (*{module}.json)"])
+    folder = project.path / ".llmcycle"
+    assert sorted(p.name for p in folder.iterdir()) == ["perf.test_attention.json", "test_model.json"]
+    model = json.loads((folder / "test_model.json").read_text())["devices"]["ci-runner"]
+    attention = json.loads((folder / "perf.test_attention.json").read_text())["devices"]["ci-runner"]
+    assert sorted(model["tests"]) == ["test_model.py::test_forward", "test_model.py::test_generate"]
+    assert sorted(attention["tests"]) == ["perf/test_attention.py::test_attention"]
+    assert "reference" in model and model["reference"] == attention["reference"]  # timed once, in both files
+
+    monkeypatch.setenv("SLOW_ATTENTION", "1.3")  # each module is judged against its own file
+    result = project.runpytest(*per_module)
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(["*FAILED perf/test_attention.py::test_attention*"])
+
+    before = (folder / "test_model.json").read_text()  # re-recording one module touches only its file
+    record(project, *per_module, "perf").stdout.fnmatch_lines(["*wrote 1 baseline entry to *perf.test_attention.json"])
+    assert (folder / "test_model.json").read_text() == before
+    project.runpytest(*per_module).assert_outcomes(passed=3)
+
+
+def test_a_corrupt_module_file_fails_the_run_before_any_test_naming_it(project):
+    project.makepyfile(test_model=TWO_TESTS)
+    record(project, "--llmcycle-baseline", "perf/{module}.json")
+    (project.path / "perf" / "test_model.json").write_text("{ not json")
+    result = project.runpytest("--llmcycle-baseline", "perf/{module}.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*perf/test_model.json is not valid JSON*"])
 
 
 # ----------------------------------------------------------------------------- a failing measured function
