@@ -306,3 +306,16 @@ def test_a_workers_failed_baseline_write_fails_the_run_and_is_shown_once(pyteste
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["llmcycle: gw?: baselines NOT written: disk full"])
+
+
+@pytest.mark.timeout(120)
+def test_workers_update_one_file_per_module_and_the_controller_counts_every_file(pytester):
+    pytester.makepyfile(test_suite=SUITE, test_other=SUITE.replace("def test_untimed", "def test_untimed_too"))
+    result = pytester.runpytest_subprocess("-n", "2", *FAST, "--llmcycle-update", "--llmcycle-baseline", "perf/{module}.json")
+    result.assert_outcomes(passed=14)
+    result.stdout.fnmatch_lines(["*wrote 12 baseline entries to 2 files (*perf/{module}.json)"])
+    for module in ("test_suite", "test_other"):
+        data = json.loads((pytester.path / "perf" / f"{module}.json").read_text())
+        (dev,) = data["devices"].values()
+        assert sorted(dev["tests"]) == sorted(f"{module}.py::test_stage[{i}]" for i in range(6))
+        assert "reference" in dev
