@@ -125,10 +125,14 @@ def collect_nodeids(rootdir: Path, pytest_args: str) -> set[str]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .baseline import Baselines, BaselineError, atomic_write_text, lock_path
-
     path = Path(args.baseline)
-    if not path.is_file():
+    if path.is_dir():  # one file per module: prune each
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise UsageError(f"{path}: a folder with no .json baseline files")
+    elif path.is_file():
+        files = [path]
+    else:
         raise UsageError(f"{path}: no such baseline file")
     keep: set[str] = set(args.keep or [])
     if args.keep_from:
@@ -138,7 +142,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         keep |= collect_nodeids(Path(args.rootdir or "."), args.pytest_args)
     if not keep:
         raise UsageError("no test ids to keep (use --collect, --keep or --keep-from); refusing to remove every entry")
+    for f in files:
+        _prune_file(f, keep, args)
+    return OK
+
+
+def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
     from filelock import FileLock
+
+    from .baseline import Baselines, BaselineError, atomic_write_text, lock_path
 
     with FileLock(lock_path(path), timeout=60):
         try:
@@ -161,7 +173,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
             atomic_write_text(path, b.dumps())
     verb = "would remove" if args.dry_run else "removed"
     print(f"llmcycle: {verb} {len(gone)} test entr{'y' if len(gone) == 1 else 'ies'} from {path}")
-    return OK
 
 
 # --------------------------------------------------------------------------- history
@@ -229,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="show a baseline file or JSON report as a table",
                        description="Show every stored stage of a baseline file or a JSON report (--llmcycle-report x.json).")
-    s.add_argument("file", help="baseline file (.llmcycle/baselines.json) or JSON report")
+    s.add_argument("file", help="baseline file (.llmcycle/baselines.json), folder of per-module baseline files, or JSON report")
     s.add_argument("--device-key", help="only this device key")
     s.add_argument("--test", help="only tests whose node id contains this text")
     s.add_argument("--format", **fmt)
@@ -242,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reference workload). Each file is a baseline file or a JSON report, e.g. artifacts of main and of a PR.",
         epilog="exit codes: 0 no regression, 1 a stage regressed, 2 usage error",
     )
-    c.add_argument("old", help="the reference: baseline file or JSON report (e.g. from main)")
-    c.add_argument("new", help="the candidate: baseline file or JSON report (e.g. from the pull request)")
+    c.add_argument("old", help="the reference: baseline file, folder of per-module files, or JSON report (e.g. from main)")
+    c.add_argument("new", help="the candidate: baseline file, folder of per-module files, or JSON report (e.g. from the PR)")
     c.add_argument("--threshold", type=_fraction, default=None,
                    help="slowdown that fails a stage (default: each test's own from a JSON report, else 0.10)")
     c.add_argument("--alpha", type=_alpha, default=0.01, help="significance level (default: 0.01)")
@@ -258,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--collect runs pytest --collect-only -q) and/or node ids given. Prints what it removes; --dry-run "
         "only prints. The file is rewritten atomically.",
     )
-    pr.add_argument("baseline", help="baseline file, e.g. .llmcycle/baselines.json")
+    pr.add_argument("baseline", help="baseline file (e.g. .llmcycle/baselines.json) or a folder of per-module files")
     pr.add_argument("--collect", action="store_true", help="keep the tests that pytest collects now")
     pr.add_argument("--pytest-args", default="", help="extra arguments for the collecting pytest, e.g. 'tests/'")
     pr.add_argument("--rootdir", help="where to run the collecting pytest (default: the working folder)")

@@ -55,6 +55,8 @@ def load(path: str | Path) -> Snapshot:
     from .report_json import is_report
 
     p = Path(path)
+    if p.is_dir():
+        return _load_folder(p)
     if not p.is_file():
         raise SnapshotError(f"{p}: no such file")
     try:
@@ -85,6 +87,22 @@ def load(path: str | Path) -> Snapshot:
                 snap.references[key] = ref
         return snap
     raise SnapshotError(f"{p}: neither a pytest-llmcycle baseline file nor a JSON report (--llmcycle-report x.json)")
+
+
+def _load_folder(folder: Path) -> Snapshot:
+    """Every baseline file in ``folder`` (``--llmcycle-baseline 'folder/{module}.json'``) as one snapshot."""
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise SnapshotError(f"{folder}: a folder with no .json baseline files")
+    snap = Snapshot(folder, "baseline")
+    for f in files:
+        part = load(f)
+        if part.kind != "baseline":
+            raise SnapshotError(f"{f}: a JSON report in a folder of baseline files; give it on its own")
+        snap.entries.update(part.entries)
+        for key, ref in part.references.items():
+            snap.references.setdefault(key, ref)  # the files of one recording share it
+    return snap
 
 
 def shared_device_keys(old: Snapshot, new: Snapshot) -> set:

@@ -247,3 +247,50 @@ def test_compare_only_judges_device_keys_both_files_have(tmp_path, capsys):
     code, out, _ = run(capsys, "compare", old, new)
     assert code == 0 and "only in" not in out and "1 ok" in out
     assert "device keys in only one file, not compared: cuda-h100" in out
+
+
+# ----------------------------------------------------------------------------- folders of per-module files
+
+
+C = ("tests/test_n.py::test_c", "forward")
+
+
+def per_module_folder(path: Path, centers: dict) -> Path:
+    """{module: {(nodeid, stage): center_ms}} -> path/<module>.json each, as --llmcycle-baseline 'path/{module}.json' writes."""
+    path.mkdir()
+    for module, stages in centers.items():
+        baseline_file(path / f"{module}.json", stages, reference=1.0)
+    return path
+
+
+def test_show_and_compare_read_a_folder_of_per_module_files_as_one(tmp_path, capsys):
+    old = per_module_folder(tmp_path / "old", {"tests.test_m": {A: 10.0, B: 2.0}, "tests.test_n": {C: 5.0}})
+    new = per_module_folder(tmp_path / "new", {"tests.test_m": {A: 10.0, B: 2.0}, "tests.test_n": {C: 7.0}})
+    code, out, _ = run(capsys, "show", old)
+    assert code == 0 and all(nodeid in out for nodeid, _ in (A, B, C)) and "3 stage(s)" in out
+    code, out, _ = run(capsys, "compare", old, new)
+    assert code == 1
+    assert [ln for ln in out.splitlines() if "regressed" in ln and "test_c" in ln]
+    assert "2 ok" in out
+
+
+def test_compare_refuses_an_empty_folder_or_a_report_among_baselines(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    old = baseline_file(tmp_path / "old.json", {A: 10.0})
+    code, _, err = run(capsys, "compare", old, tmp_path / "empty")
+    assert code == 2 and "no .json baseline files" in err
+    mixed = per_module_folder(tmp_path / "mixed", {"tests.test_m": {A: 10.0}})
+    row = StageResult(A[0], A[1], KEY, vd.Verdict(vd.OK, 0.1, 0.1), median_ms=10.0, n=1, samples_ms=(10.0,))
+    (mixed / "report.json").write_text(render_report([row], {}), encoding="utf-8")
+    code, _, err = run(capsys, "compare", old, mixed)
+    assert code == 2 and "report.json: a JSON report in a folder of baseline files" in err
+
+
+def test_prune_a_folder_prunes_every_module_file(tmp_path, capsys):
+    folder = per_module_folder(tmp_path / "perf", {"tests.test_m": {A: 10.0, B: 2.0}, "tests.test_n": {C: 5.0}})
+    code, out, _ = run(capsys, "prune", folder, "--keep", A[0])
+    assert code == 0
+    assert "removed 1 test entry from" in out and out.count("llmcycle: removed") == 2
+    assert {n for _, n, _, _ in Baselines.load(folder / "tests.test_m.json").iter_entries()} == {A[0]}
+    assert list(Baselines.load(folder / "tests.test_n.json").iter_entries()) == []
+    assert Baselines.load(folder / "tests.test_n.json").reference(KEY) is not None
