@@ -1,18 +1,28 @@
-"""The example project's own test suite passes against its committed baselines, as a user runs it.
+"""The example project's own test suite, run as a user runs it.
 
-``cd example_project && pytest`` in a subprocess: its pyproject.toml settings (threshold 25 %,
-budget 0.25 s), its committed ``.llmcycle/baselines.json``, nothing added but report paths in
-a temporary folder. The committed file must come out of the run unchanged.
+``pytest`` in a copy of ``example_project`` (a subprocess): its pyproject.toml settings
+(threshold 25 %, budget 0.25 s), its ``.llmcycle/baselines.json``, nothing added but report paths
+in a temporary folder.
+
+The copy first re-records every baseline (``--llmcycle-update-all``), then a plain run is
+checked against them. It does not compare with the committed numbers: they were recorded on
+another day. On this 2-core VM a 2 ms training step moved from day to day by more than the
+example's 25 % threshold (+15 to +50 % on 2026-11-29, reference workload at 1.02x). A test
+against them would test the day's machine, not the plugin. What the committed file holds is
+checked without timing: it loads, and it has exactly the stages the example measures.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pytest_llmcycle.baseline import Baselines
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 BASELINES = EXAMPLE / ".llmcycle" / "baselines.json"
@@ -23,20 +33,26 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("example")
-    before = BASELINES.read_bytes()
+    committed = BASELINES.read_bytes()
+    project = out / "example_project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".benchmarks", "*.egg-info"))
+    baselines = project / ".llmcycle" / "baselines.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "GITHUB_STEP_SUMMARY"))}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(out / "junit.xml"),
-           "--llmcycle-report", str(out / "latency.json"), "--llmcycle-report", str(out / "latency.md"),
-           "--llmcycle-report", str(out / "latency.html")]
-    proc = subprocess.run(cmd, cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=300)
-    after = BASELINES.read_bytes()
-    return proc, out, before, after
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    record = subprocess.run(base + ["--llmcycle-update-all"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert record.returncode == 0, record.stdout[-6000:] + record.stderr[-2000:]
+    before = baselines.read_bytes()
+    cmd = base + ["--junitxml", str(out / "junit.xml"), "--llmcycle-report", str(out / "latency.json"),
+                  "--llmcycle-report", str(out / "latency.md"), "--llmcycle-report", str(out / "latency.html")]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert BASELINES.read_bytes() == committed, "running the example must never touch the committed file"
+    return proc, out, before, baselines.read_bytes()
 
 
-def test_the_example_suite_passes_against_its_committed_baselines(example_run):
+def test_the_example_suite_passes_against_baselines_recorded_just_before(example_run):
     proc, out, before, after = example_run
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert after == before, "a plain run must never rewrite the committed baselines"
+    assert after == before, "a plain run must never rewrite the baselines"
     doc = json.loads((out / "latency.json").read_text(encoding="utf-8"))
     rows = [r for r in doc["results"] if r["kind"] == "stage"]
     stages = {(r["nodeid"], r["stage"]) for r in rows}
@@ -44,24 +60,24 @@ def test_the_example_suite_passes_against_its_committed_baselines(example_run):
     assert {("tests/test_latency.py::test_generate", s) for s in ("prefill", "decode", "e2e")} <= stages
     assert {("tests/test_latency.py::test_train_step", s) for s in ("forward", "backward", "optimizer")} <= stages
     assert not [r for r in doc["results"] if r["outcome"] == "regressed"]
+    for r in rows:  # every stage was judged against its fresh baseline, with the example's threshold
+        assert r["baseline"] is not None and r["outcome"] not in ("new", "not comparable"), r
+        assert r["verdict"]["threshold"] == 0.25
 
 
-def test_on_the_machine_class_it_was_recorded_on_every_stage_is_judged(example_run):
-    proc, out, _, _ = example_run
+def test_the_committed_baselines_hold_exactly_the_stages_the_example_measures(example_run):
+    _, out, _, _ = example_run
     doc = json.loads((out / "latency.json").read_text(encoding="utf-8"))
-    committed = json.loads(BASELINES.read_text(encoding="utf-8"))["devices"]
-    key = doc["meta"]["device_key"]
-    if key not in committed:
-        pytest.skip(f"baselines were recorded on {sorted(committed)}, this machine is {key}: its stages are 'new'")
-    stored = {(n, s) for n, stages in committed[key]["tests"].items() for s in stages}
-    measured = {(r["nodeid"], r["stage"]): r for r in doc["results"] if r["kind"] == "stage"}
-    assert stored == set(measured), "every committed entry belongs to a test that still measures it"
-    other_env = sorted({r["verdict"]["reason"] for r in measured.values() if r["outcome"] == "not comparable"})
-    if other_env:  # another thread count or torch/transformers version than the recording
-        pytest.skip("; ".join(other_env))
-    for r in measured.values():
-        assert r["baseline"] is not None and r["outcome"] != "new", r
-        assert r["verdict"]["threshold"] == 0.25  # the example's pyproject.toml setting
+    measured = {(r["nodeid"], r["stage"]) for r in doc["results"] if r["kind"] == "stage"}
+    committed = Baselines.load(BASELINES)  # validates: schema, times, one line per error
+    by_key: dict = {}
+    for key, nodeid, stage, entry in committed.iter_entries():
+        by_key.setdefault(key, set()).add((nodeid, stage))
+        assert entry.env.get("threads") and entry.samples_ms, (key, nodeid, stage)
+    assert by_key, "the example ships recorded baselines"
+    for key, stored in by_key.items():
+        assert stored == measured, f"{key}: every committed entry belongs to a stage the example still measures"
+        assert committed.reference(key) is not None  # and the reference workload recorded with them
 
 
 def test_the_example_reports_are_written(example_run):
