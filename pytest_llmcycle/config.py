@@ -31,6 +31,8 @@ class Settings:
     strict: bool = False
     update: bool = False
     update_all: bool = False
+    #: add this run to each baseline as one more recording process (implies update_all)
+    update_append: bool = False
     remeasure: bool = True
     machine_check: bool = True
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
@@ -100,6 +102,7 @@ _SPEC: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
     "strict": (_parse_bool, lambda x: True, "true or false"),
     "update": (_parse_bool, lambda x: True, "true or false"),
     "update_all": (_parse_bool, lambda x: True, "true or false"),
+    "update_append": (_parse_bool, lambda x: True, "true or false"),
     "remeasure": (_parse_bool, lambda x: True, "true or false"),
     "machine_check": (_parse_bool, lambda x: True, "true or false"),
     "counters": (_parse_bool, lambda x: True, "true or false"),

@@ -17,7 +17,7 @@ from . import verdict as vd
 from .baseline import Entry
 from .config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
-from .session import RunState, entry_from_samples, ns_to_ms
+from .session import RunState, append_process, entry_from_samples, ns_to_ms, process_range
 from .llm import LLMStages
 from .timing import Clock, Measurement, pinned_threads, time_callable
 
@@ -81,6 +81,17 @@ class StageDeadline:
             return fn(*args, **kwargs)
 
         return guarded
+
+
+def _cycle_process_range(stages: list[StageResult], weights: list[float]) -> tuple[float, float] | None:
+    """The cycle total's (fastest, slowest) recorded-process ratio, when every stage has one."""
+    ranges = [process_range(r.baseline) for r in stages]
+    if any(x is None for x in ranges):
+        return None
+    total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
+    fastest = sum(w * lo * r.baseline.median_ms for w, r, (lo, _) in zip(weights, stages, ranges))  # type: ignore[misc,union-attr]
+    slowest = sum(w * hi * r.baseline.median_ms for w, r, (_, hi) in zip(weights, stages, ranges))  # type: ignore[misc,union-attr]
+    return (fastest / total, slowest / total) if total > 0 else None
 
 
 def _sample_s(m: Measurement) -> float:
@@ -221,11 +232,12 @@ class LLMCycle(LLMStages):
         env = self.environment(dtype)
         mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
         base = entry.samples_ms if entry else None
+        spread = process_range(entry)
         cur = ns_to_ms(measurement.samples_ns)
-        v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
+        v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch, spread)
         if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
             self._machine_factor = run.machine_factor(_sample_s(measurement), self.nodeid)
-            v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch)
+            v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch, spread)
         # Counters are deterministic: a counter that grew is a regression without a re-measure.
         from . import counters as cnt
 
@@ -238,7 +250,7 @@ class LLMCycle(LLMStages):
             if s.machine_check:
                 self._machine_factor = run.machine_factor(_sample_s(second), self.nodeid)
             second_ms = ns_to_ms(second.samples_ns)
-            v2 = vd.judge(base, second_ms, s.threshold, s.alpha, self._machine_factor, mismatch)
+            v2 = vd.judge(base, second_ms, s.threshold, s.alpha, self._machine_factor, mismatch, spread)
             v = vd.confirm(v, v2)
             final, final_ms, remeasured = second, second_ms, second
         elif v.outcome == vd.REGRESSED and not s.update and remeasure is None and not grew:
@@ -297,8 +309,9 @@ class LLMCycle(LLMStages):
             env = self.environment(self._block_dtype.get(name))
             mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
             base = entry.samples_ms if entry else None
+            spread = process_range(entry)
             cur = ns_to_ms(samples_ns)
-            v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch)
+            v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch, spread)
             if v.outcome == vd.REGRESSED and not s.update:
                 if len(cur) < BLOCK_MIN_SAMPLES:
                     v = replace(
@@ -308,8 +321,8 @@ class LLMCycle(LLMStages):
                     )
                 else:
                     half = len(cur) // 2
-                    first = vd.judge(base, cur[:half], s.threshold, s.alpha, None, mismatch)
-                    second = vd.judge(base, cur[half:], s.threshold, s.alpha, None, mismatch)
+                    first = vd.judge(base, cur[:half], s.threshold, s.alpha, None, mismatch, spread)
+                    second = vd.judge(base, cur[half:], s.threshold, s.alpha, None, mismatch, spread)
                     # the halves play measurement and re-measure: both must regress
                     v = vd.confirm(first, second) if first.outcome == vd.REGRESSED else vd.confirm(v, first)
             self._store(name, m, cur, entry, env, v, m, None, 1.0, None)
@@ -330,6 +343,7 @@ class LLMCycle(LLMStages):
                 s.threshold,
                 s.alpha,
                 self._machine_factor,
+                _cycle_process_range(stages, weights),
             )
             base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
             base_entry = Entry(base_total, base_total, base_total, 1, (base_total,))
@@ -373,7 +387,8 @@ class LLMCycle(LLMStages):
             entries = dict(self._entries)
             for i, r in enumerate(rows):
                 if r.kind == STAGE and (s.update_all or r.outcome in CHANGED):
-                    self._run.pending.append((self.device_key, self.nodeid, r.stage, entries[r.stage]))
+                    e = append_process(r.baseline, entries[r.stage]) if s.update_append else entries[r.stage]
+                    self._run.pending.append((self.device_key, self.nodeid, r.stage, e))
                     rows[i] = replace(r, updated=True)
         self.results = rows
         self._run.results.extend(rows)

@@ -32,6 +32,9 @@ _OPTIONS = [
 _FLAGS = [
     ("update", "--llmcycle-update", "record baselines for new and changed stages (unchanged entries stay as they are)"),
     ("update_all", "--llmcycle-update-all", "re-record every measured stage's baseline"),
+    ("update_append", "--llmcycle-update-append",
+     "add this run to every measured stage's baseline as one more recording process; run it in a few "
+     "processes and the verdicts allow for how far their medians differ"),
     ("strict", "--llmcycle-strict", "fail stages that have no usable baseline"),
 ]
 
@@ -191,10 +194,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini)
     except SettingError as e:
         raise pytest.UsageError(str(e)) from None
-    if settings.update_all:
+    if settings.update_all or settings.update_append:
         from dataclasses import replace
 
-        settings = replace(settings, update=True)
+        settings = replace(settings, update=True, update_all=True)
     if config.getoption("llmcycle_skip") and config.getoption("llmcycle_only"):
         raise pytest.UsageError("--llmcycle-skip and --llmcycle-only exclude each other; give one")
     config.stash[SETTINGS_KEY] = settings

@@ -122,6 +122,9 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             out.extend(counter_lines(b.counters, r.counters, r.unit))
         if b is not None:
             spread = f" (IQR {fmt_ms(b.q1_ms)} .. {fmt_ms(b.q3_ms)}, n={b.n})" if r.kind != CYCLE else ""
+            medians = b.extra.get("process_medians_ms")
+            if isinstance(medians, list) and len(medians) > 1 and v.gate == "processes":
+                spread += f"; recorded in {len(medians)} processes, medians {fmt_ms(min(medians))} .. {fmt_ms(max(medians))}"
             out.append(f"  baseline  {fmt_ms(b.median_ms)}{unit}{spread}")
         spread = f" (IQR {fmt_ms(r.q1_ms)} .. {fmt_ms(r.q3_ms)}, n={r.n})" if r.kind != CYCLE else ""
         remeasure = f"; first measurement {v.first_ratio - 1:+.1%}, confirmed by a re-measure" if v.first_ratio else ""
@@ -131,7 +134,12 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         conf = f", {test} p={fmt_p(v.p_value)} (confidence {v.confidence:.2%})" if v.p_value is not None else ""
         thr = f"threshold {v.threshold * 100:g}%"  # not :.0%, which shows 2.5 % as 2 %
         if v.effective_threshold > v.threshold:
-            thr += f" (gated at {v.effective_threshold:.1%}: the stage's own noise is wider)"
+            why = (
+                "the baseline's recording processes differ; it fails past the slowest of them + the threshold"
+                if v.gate == "processes"
+                else "the stage's own noise is wider"
+            )
+            thr += f" (gated at {v.effective_threshold:.1%}: {why})"
         out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}")
         if v.machine_factor is not None:
             out.append(f"  machine   {vd.machine_note(v.machine_factor)}")

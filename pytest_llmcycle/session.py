@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -61,6 +62,56 @@ def ns_to_ms(samples: Any) -> "np.ndarray":
     import numpy as np
 
     return np.asarray(samples, dtype=float) / 1e6
+
+
+#: an entry's field listing the medians of the processes it was recorded in (--llmcycle-update-append)
+PROCESS_MEDIANS = "process_medians_ms"
+#: the most recent recording processes an entry remembers
+MAX_PROCESSES = 8
+
+
+def process_range(entry: Entry | None) -> tuple[float, float] | None:
+    """(fastest, slowest) recorded process median over the entry's median; None from one process."""
+    medians = entry.extra.get(PROCESS_MEDIANS) if entry is not None else None
+    if not isinstance(medians, list) or len(medians) < 2 or entry.median_ms <= 0:
+        return None
+    values = [float(m) for m in medians if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0]
+    if len(values) < 2:
+        return None
+    return min(values) / entry.median_ms, max(values) / entry.median_ms
+
+
+def append_process(stored: Entry | None, new: Entry) -> Entry:
+    """``new`` added to ``stored`` as one more recording process.
+
+    The stored samples stand for the k processes recorded so far, so the new process gets
+    1/(k+1) of the pooled 64 samples; the entry's median and quartiles are the pooled sample's,
+    and it lists each process's median (the last :data:`MAX_PROCESSES`). A stored entry of
+    another unit, environment or counters is replaced, not pooled.
+    """
+    from . import stats
+    from .baseline import STORED_SAMPLES, round_sig
+    from .verdict import env_mismatch
+
+    own = round_sig(new.median_ms)
+    if stored is None or stored.unit != new.unit or env_mismatch(dict(stored.env), dict(new.env)) or (
+        dict(stored.counters) != dict(new.counters)
+    ):
+        return replace(new, extra={**new.extra, PROCESS_MEDIANS: [own]})
+    previous = stored.extra.get(PROCESS_MEDIANS)
+    medians = list(previous) if isinstance(previous, list) and previous else [round_sig(stored.median_ms)]
+    share = max(1, round(STORED_SAMPLES / len(medians)))
+    pooled = stats.sorted_array(list(stored.samples_ms) + stats.thin(new.samples_ms, share))
+    s = stats.summarize(pooled, presorted=True)
+    return replace(
+        new,
+        median_ms=s.median,
+        q1_ms=s.q1,
+        q3_ms=s.q3,
+        n=stored.n + new.n,
+        samples_ms=tuple(stats.thin(pooled, STORED_SAMPLES, presorted=True)),
+        extra={**stored.extra, **new.extra, PROCESS_MEDIANS: (medians + [own])[-MAX_PROCESSES:]},
+    )
 
 
 def entry_from_samples(samples_ms, unit, cold_ms, env, counters=None, extra=None) -> Entry:

@@ -50,6 +50,9 @@ class Verdict:
     normalised: bool = False
     reason: str = ""
     first_ratio: float | None = None  # before the re-measure, when one was taken
+    #: why effective_threshold is above threshold: "noise" (the stage's own) or "processes"
+    #: (the baseline's recording processes differ; see judge's process_range); "" when it is not
+    gate: str = ""
 
     @property
     def change(self) -> float | None:
@@ -128,8 +131,16 @@ def judge(
     alpha: float = 0.01,
     machine_factor: float | None = None,
     not_comparable: str | None = None,
+    process_range: tuple[float, float] | None = None,
 ) -> Verdict:
-    """Verdict for one stage from its stored and current samples (same unit)."""
+    """Verdict for one stage from its stored and current samples (same unit).
+
+    ``process_range`` is (fastest, slowest) median of the processes the baseline was recorded
+    in, over the baseline's median (``--llmcycle-update-append``): the stage then fails only
+    when slower than the slowest of them by more than the threshold (and is "improved" only
+    when faster than the fastest by as much), since one process's median can sit anywhere in
+    that range on unchanged code.
+    """
     if baseline is None:
         return Verdict(NEW, threshold, threshold, reason="no baseline yet: record one with --llmcycle-update")
     if not_comparable:
@@ -161,17 +172,19 @@ def judge(
     noise = est.rel_halfwidth
     eff = max(threshold, noise)
     noisy = eff > threshold
+    eff_slow, eff_fast = _process_gates(eff, threshold, process_range)
     base = Verdict(
-        OK, threshold, eff, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=normalised
+        OK, threshold, eff_slow, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=normalised,
+        gate=_gate(threshold, eff, eff_slow),
     )
     noise_note = (
         f"; stage noise (95% CI +-{noise * 100:.1f}%) is wider than the {threshold * 100:g}% threshold, "
         f"so it is gated at {eff * 100:.1f}%"
         if noisy
         else ""
-    )
-    slower = ratio > 1 + eff
-    faster = ratio < 1 / (1 + eff)
+    ) + _process_note(process_range, eff_slow, eff)
+    slower = ratio > 1 + eff_slow
+    faster = ratio < 1 / (1 + eff_fast)
     if slower:
         p = rank_p(cur, base_s)
         significant = p < alpha and lo > 1.0
@@ -198,7 +211,31 @@ def judge(
             outcome=INCONCLUSIVE,
             reason=f"{_pct(ratio - 1)} but not significant (p={p:.2g}){noise_note}",
         )
-    return replace(base, reason=f"within {eff * 100:.1f}%{noise_note}")
+    return replace(base, reason=f"within {eff_slow * 100:.1f}%{noise_note}")
+
+
+def _process_gates(eff: float, threshold: float, process_range: tuple[float, float] | None) -> tuple[float, float]:
+    """(slower, faster) gates: ``eff``, widened to the threshold past the slowest / fastest recorded process."""
+    if process_range is None:
+        return eff, eff
+    fastest, slowest = process_range
+    slow = eff if slowest <= 1 else max(eff, slowest * (1 + threshold) - 1)
+    fast = eff if fastest >= 1 else max(eff, (1 + threshold) / fastest - 1)
+    return slow, fast
+
+
+def _gate(threshold: float, eff: float, eff_slow: float) -> str:
+    return "processes" if eff_slow > eff else "noise" if eff > threshold else ""
+
+
+def _process_note(process_range: tuple[float, float] | None, eff_slow: float, eff: float) -> str:
+    if process_range is None or eff_slow <= eff:
+        return ""
+    fastest, slowest = process_range
+    return (
+        f"; recorded in several processes whose medians span {_pct(fastest - 1)} .. {_pct(slowest - 1)}, "
+        f"so it is gated at {eff_slow * 100:.1f}% (the slowest process + the threshold)"
+    )
 
 
 def confirm(first: Verdict, second: Verdict) -> Verdict:
@@ -227,11 +264,13 @@ def judge_cycle(
     threshold: float,
     alpha: float = 0.01,
     machine_factor: float | None = None,
+    process_range: tuple[float, float] | None = None,
 ) -> Verdict:
     """Verdict for the cycle total T = sum(weight * median) over stages, by bootstrap.
 
     Stages are resampled independently; the p-value is the bootstrap share of totals that did
     not get slower. The stages it sums have each been through their own re-measure.
+    ``process_range`` is as in :func:`judge`, for the total.
     """
     m = machine_factor if machine_factor is not None and abs(machine_factor - 1) > MACHINE_NOISE else None
     machine_off = machine_factor is not None and abs(math.log(machine_factor)) > math.log(1 + MACHINE_MAX_DRIFT)
@@ -249,18 +288,24 @@ def judge_cycle(
     ratio, lo, hi = est.ratio, est.lo, est.hi
     noise = est.rel_halfwidth
     eff = max(threshold, noise)
-    base = Verdict(OK, threshold, eff, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=m is not None)
+    eff_slow, eff_fast = _process_gates(eff, threshold, process_range)
+    note = _process_note(process_range, eff_slow, eff)
+    base = Verdict(
+        OK, threshold, eff_slow, ratio=ratio, ci=(lo, hi), machine_factor=machine_factor, normalised=m is not None,
+        gate=_gate(threshold, eff, eff_slow),
+    )
     if ratio >= 1:
         base = replace(base, p_value=est.p_slower)
     else:
         base = replace(base, p_value=est.p_faster)
-    if machine_off and (ratio > 1 + eff or ratio < 1 / (1 + eff)):
+    slower, faster = ratio > 1 + eff_slow, ratio < 1 / (1 + eff_fast)
+    if machine_off and (slower or faster):
         # as in judge(): a machine this far off its baseline speed cannot gate the total either
         return replace(base, outcome=INCONCLUSIVE, reason=f"cycle {_pct(ratio - 1)}, but {machine_note(machine_factor)}")
-    if ratio > 1 + eff and lo > 1.0 and est.p_slower < alpha:
-        return replace(base, outcome=REGRESSED, reason=f"cycle {_pct(ratio - 1)} slower than baseline")
-    if ratio < 1 / (1 + eff) and hi < 1.0 and est.p_faster < alpha:
-        return replace(base, outcome=IMPROVED, reason=f"cycle {_pct(ratio - 1)} faster than baseline")
-    if ratio > 1 + eff or ratio < 1 / (1 + eff):
+    if slower and lo > 1.0 and est.p_slower < alpha:
+        return replace(base, outcome=REGRESSED, reason=f"cycle {_pct(ratio - 1)} slower than baseline{note}")
+    if faster and hi < 1.0 and est.p_faster < alpha:
+        return replace(base, outcome=IMPROVED, reason=f"cycle {_pct(ratio - 1)} faster than baseline{note}")
+    if slower or faster:
         return replace(base, outcome=INCONCLUSIVE, reason=f"cycle {_pct(ratio - 1)} but its 95% CI includes no change")
-    return replace(base, reason=f"within {eff * 100:.1f}%")
+    return replace(base, reason=f"within {eff_slow * 100:.1f}%{note}")

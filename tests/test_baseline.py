@@ -351,3 +351,46 @@ def test_the_lock_file_lives_outside_the_repository(tmp_path):
     lock = bl.lock_path(tmp_path / "b.json")
     assert not lock.startswith(str(tmp_path))
     assert lock == bl.lock_path(tmp_path / "." / "b.json")
+
+
+# ----------------------------------------------------------------------------- several recording processes
+
+
+def test_appending_processes_pools_samples_and_lists_each_processs_median():
+    from pytest_llmcycle.session import PROCESS_MEDIANS, append_process, entry_from_samples, process_range
+
+    env = {"threads": 1, "torch": "2.13.0"}
+    first = append_process(None, entry_from_samples([10.0 + i / 100 for i in range(100)], "call", None, env))
+    assert first.extra[PROCESS_MEDIANS] == [10.5] and process_range(first) is None  # one process: no range
+    second = append_process(first, entry_from_samples([12.0 + i / 100 for i in range(100)], "call", None, env))
+    assert second.extra[PROCESS_MEDIANS] == [10.5, 12.5]
+    assert len(second.samples_ms) == bl.STORED_SAMPLES and second.n == 200
+    assert sum(s < 11.5 for s in second.samples_ms) == bl.STORED_SAMPLES // 2  # equal weight for two processes
+    lo, hi = process_range(second)
+    assert lo * second.median_ms == pytest.approx(10.5) and hi * second.median_ms == pytest.approx(12.5)
+    third = append_process(second, entry_from_samples([11.0] * 50, "call", None, env))
+    assert sum(s == 11.0 for s in third.samples_ms) == pytest.approx(bl.STORED_SAMPLES / 3, abs=1)  # 1/3 each
+    # it round-trips through the file, and the list keeps the most recent processes only
+    e = third
+    for i in range(10):
+        e = append_process(e, entry_from_samples([20.0 + i], "call", None, env))
+    assert len(e.extra[PROCESS_MEDIANS]) == 8 and e.extra[PROCESS_MEDIANS][-1] == 29.0
+    assert Entry.from_json(json.loads(json.dumps(e.to_json()))).extra[PROCESS_MEDIANS] == e.extra[PROCESS_MEDIANS]
+
+
+def test_appending_to_an_entry_of_another_environment_replaces_it():
+    from pytest_llmcycle.session import PROCESS_MEDIANS, append_process, entry_from_samples
+
+    old = append_process(None, entry_from_samples([10.0] * 10, "call", None, {"threads": 2}))
+    new = append_process(old, entry_from_samples([5.0] * 10, "call", None, {"threads": 1}))
+    assert new.extra[PROCESS_MEDIANS] == [5.0] and new.samples_ms == (5.0,) * 10
+    per_token = append_process(old, entry_from_samples([1.0] * 10, "token", None, {"threads": 2}))
+    assert per_token.extra[PROCESS_MEDIANS] == [1.0]
+
+
+def test_a_hand_edited_process_list_is_ignored_not_trusted():
+    from pytest_llmcycle.session import process_range
+
+    for bad in ("fast", [10.0], [10.0, "x"], [0, -1.0], [True, 12.0]):
+        e = Entry(10.0, 9.0, 11.0, 3, (9.0, 10.0, 11.0), extra={"process_medians_ms": bad})
+        assert process_range(e) is None

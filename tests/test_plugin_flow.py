@@ -611,6 +611,27 @@ def test_a_corrupt_module_file_fails_the_run_before_any_test_naming_it(project):
     result.stderr.fnmatch_lines(["*perf/test_model.json is not valid JSON*"])
 
 
+def test_baselines_recorded_in_several_processes_allow_for_their_spread(project, monkeypatch):
+    """A stage whose speed depends on the process (allocator, memory layout): record it in two."""
+    project.makepyfile(test_model=TWO_TESTS)
+    record(project)  # one process, the fast mode
+    monkeypatch.setenv("SLOW_FORWARD", "1.2")  # a process in the slow mode, same code
+    project.runpytest().assert_outcomes(failed=1, passed=1)  # one recording cannot know that mode
+
+    record(project, "--llmcycle-update-append")  # ...so record that process too
+    entry = stored(project, "test_model.py::test_forward", "forward")
+    medians = entry["process_medians_ms"]  # the recording processes' medians, in order
+    assert len(medians) == 2 and medians[1] == pytest.approx(medians[0] * 1.2, rel=0.01)
+
+    for mode in ("1.0", "1.2", "1.25"):  # either mode, or a little past the slower one: ok
+        monkeypatch.setenv("SLOW_FORWARD", mode)
+        project.runpytest().assert_outcomes(passed=2)
+    monkeypatch.setenv("SLOW_FORWARD", str(1.2 * 1.15))  # +15 % past the slowest process: caught
+    result = project.runpytest()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*stage *forward* regressed*", "*baseline*recorded in 2 processes, medians 2 ms .. 2.4 ms", "*gated at *: the baseline*s recording processes differ*"])
+
+
 # ----------------------------------------------------------------------------- a failing measured function
 
 

@@ -265,3 +265,50 @@ def test_the_cycle_of_a_machine_far_off_is_inconclusive_like_its_stages():
 def test_outcomes_are_ordered_worst_first_for_reports():
     assert vd.OUTCOMES[0] == vd.REGRESSED
     assert vd.OUTCOMES[-1] == vd.OK
+
+
+# ----------------------------------------------------------------------------- several recording processes
+
+
+def two_process_baseline() -> tuple[list[float], tuple[float, float]]:
+    """A baseline pooled from a process at 10 ms and one at 12 ms (a per-process performance mode)."""
+    pooled = samples(10.0, n=32, seed=21) + samples(12.0, n=32, seed=22)
+    median = float(np.median(pooled))
+    return pooled, (10.0 / median, 12.0 / median)
+
+
+def test_a_stage_in_the_slower_recorded_mode_passes_only_with_the_process_range():
+    base, spread = two_process_baseline()
+    slow_mode = samples(12.3, seed=23)  # +2.5 % on the slower process, ~+12 % on the pooled median
+    assert vd.judge(base, slow_mode, 0.10).outcome == vd.REGRESSED  # what one pooled baseline alone says
+    v = vd.judge(base, slow_mode, 0.10, process_range=spread)
+    assert v.outcome == vd.OK
+    assert v.effective_threshold == pytest.approx(spread[1] * 1.10 - 1)
+    assert "several processes" in v.reason and "slowest process + the threshold" in v.reason
+
+
+def test_past_the_slowest_recorded_process_by_the_threshold_is_a_regression():
+    base, spread = two_process_baseline()
+    v = vd.judge(base, samples(12.0 * 1.16, seed=24), 0.10, process_range=spread)
+    assert v.outcome == vd.REGRESSED and v.failed
+    assert "slower than baseline" in v.reason and "gated at" in v.reason
+
+
+def test_improved_means_faster_than_the_fastest_recorded_process():
+    base, spread = two_process_baseline()
+    assert vd.judge(base, samples(9.6, seed=25), 0.10, process_range=spread).outcome == vd.OK  # fast mode, a bit lucky
+    assert vd.judge(base, samples(10.0 / 1.2, seed=26), 0.10, process_range=spread).outcome == vd.IMPROVED
+
+
+def test_a_narrow_process_range_changes_nothing():
+    base = samples(10.0, seed=27)
+    cur = samples(11.5, seed=28)
+    plain, spread = vd.judge(base, cur, 0.10), vd.judge(base, cur, 0.10, process_range=(0.99, 1.0))
+    assert (plain.outcome, plain.effective_threshold, plain.reason) == (spread.outcome, spread.effective_threshold, spread.reason)
+
+
+def test_the_cycle_is_gated_by_its_process_range_too():
+    base, spread = two_process_baseline()
+    cur = samples(12.3, seed=29)
+    assert vd.judge_cycle([base, base], [cur, cur], [1.0, 1.0], 0.10).outcome == vd.REGRESSED
+    assert vd.judge_cycle([base, base], [cur, cur], [1.0, 1.0], 0.10, process_range=spread).outcome == vd.OK
