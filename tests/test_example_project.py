@@ -4,8 +4,8 @@
 (threshold 25 %, budget 0.25 s), its ``.llmcycle/baselines.json``, nothing added but report paths
 in a temporary folder.
 
-The copy first re-records every baseline (``--llmcycle-update-all``), then a plain run is
-checked against them. It does not compare with the committed numbers: they were recorded on
+The copy first re-records every baseline in two processes (``--llmcycle-update-all``, then
+``--llmcycle-update-append``), then a plain run is checked against them. It does not compare with the committed numbers: they were recorded on
 another day. On this 2-core VM a 2 ms training step moved from day to day by more than the
 example's 25 % threshold (+15 to +50 % on 2026-11-29, reference workload at 1.02x). A test
 against them would test the day's machine, not the plugin. What the committed file holds is
@@ -39,8 +39,10 @@ def example_run(tmp_path_factory):
     baselines = project / ".llmcycle" / "baselines.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "GITHUB_STEP_SUMMARY"))}
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    record = subprocess.run(base + ["--llmcycle-update-all"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert record.returncode == 0, record.stdout[-6000:] + record.stderr[-2000:]
+    # in two processes, as the example's own baselines are: its train step has per-process modes
+    for update in ("--llmcycle-update-all", "--llmcycle-update-append"):
+        record = subprocess.run(base + [update], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert record.returncode == 0, record.stdout[-6000:] + record.stderr[-2000:]
     before = baselines.read_bytes()
     cmd = base + ["--junitxml", str(out / "junit.xml"), "--llmcycle-report", str(out / "latency.json"),
                   "--llmcycle-report", str(out / "latency.md"), "--llmcycle-report", str(out / "latency.html")]
