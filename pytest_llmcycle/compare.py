@@ -148,7 +148,9 @@ def compare(
         else:
             mismatch = vd.env_mismatch(dict(before.env), dict(after.env))
             m = machine_factor(old, new, dk)
-            v = vd.judge(list(before.samples_ms), list(after.samples_ms), thr, alpha, m, mismatch)
+            from .session import process_range
+
+            v = vd.judge(list(before.samples_ms), list(after.samples_ms), thr, alpha, m, mismatch, process_range(before))
         rows.append(
             StageResult(
                 nodeid, stage, dk, v, unit=after.unit, median_ms=after.median_ms, q1_ms=after.q1_ms, q3_ms=after.q3_ms,

@@ -294,3 +294,18 @@ def test_prune_a_folder_prunes_every_module_file(tmp_path, capsys):
     assert {n for _, n, _, _ in Baselines.load(folder / "tests.test_m.json").iter_entries()} == {A[0]}
     assert list(Baselines.load(folder / "tests.test_n.json").iter_entries()) == []
     assert Baselines.load(folder / "tests.test_n.json").reference(KEY) is not None
+
+
+def test_compare_allows_for_the_old_baselines_recording_processes(tmp_path, capsys):
+    from pytest_llmcycle.session import append_process
+
+    old = Baselines(tmp_path / "old.json")
+    e = append_process(None, entry_from_samples(samples(10.0), "call", None, ENV))
+    e = append_process(e, entry_from_samples(samples(12.0), "call", None, ENV))  # a slow-mode process
+    old.set_entry(KEY, *A, e)
+    (tmp_path / "old.json").write_text(old.dumps(), encoding="utf-8")
+    slow_mode = baseline_file(tmp_path / "slow_mode.json", {A: 12.3})
+    past_it = baseline_file(tmp_path / "past_it.json", {A: 12.0 * 1.2})
+    assert run(capsys, "compare", tmp_path / "old.json", slow_mode)[0] == 0
+    code, out, _ = run(capsys, "compare", tmp_path / "old.json", past_it)
+    assert code == 1 and "regressed" in out
