@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from json.encoder import encode_basestring_ascii as _encode_str  # what json.dumps uses for str
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytest --llmcycle-update"
@@ -448,11 +448,14 @@ def merge_into_file(
     entries: list[tuple[str, str, str, Entry]],
     references: Mapping[str, Entry] | None = None,
     timeout_s: float = 60.0,
+    combine: Callable[[Entry | None, Entry], Entry] | None = None,
 ) -> Baselines:
     """Re-read ``path`` under an inter-process lock, apply ``entries``, write atomically.
 
     Re-reading inside the lock keeps what other processes (xdist workers, a parallel job)
     wrote since this run started. A file that fails validation is never overwritten.
+    ``combine(stored, new)``, when given, makes each written entry from the one stored *now*
+    (``--llmcycle-update-append``: two runs appending at once both count).
     """
     from filelock import FileLock
 
@@ -461,6 +464,8 @@ def merge_into_file(
         current = Baselines.load(path)
         for key, ref in (references or {}).items():
             current.set_reference(key, ref)
+        if combine is not None:
+            entries = [(k, n, s, combine(current.entry(k, n, s), e)) for k, n, s, e in entries]
         for (key, nodeid, stage, _), d in zip(entries, entries_to_json([e for *_, e in entries])):
             current.set_entry_json(key, nodeid, stage, d)
         atomic_write_text(path, current.dumps())

@@ -17,7 +17,7 @@ from . import verdict as vd
 from .baseline import Entry
 from .config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
-from .session import RunState, append_process, entry_from_samples, ns_to_ms, process_range
+from .session import RunState, entry_from_samples, ns_to_ms, process_range
 from .llm import LLMStages
 from .timing import Clock, Measurement, pinned_threads, time_callable
 
@@ -387,8 +387,8 @@ class LLMCycle(LLMStages):
             entries = dict(self._entries)
             for i, r in enumerate(rows):
                 if r.kind == STAGE and (s.update_all or r.outcome in CHANGED):
-                    e = append_process(r.baseline, entries[r.stage]) if s.update_append else entries[r.stage]
-                    self._run.pending.append((self.device_key, self.nodeid, r.stage, e))
+                    # with --llmcycle-update-append the write pools it with the entry stored then
+                    self._run.pending.append((self.device_key, self.nodeid, r.stage, entries[r.stage]))
                     rows[i] = replace(r, updated=True)
         self.results = rows
         self._run.results.extend(rows)

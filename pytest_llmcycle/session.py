@@ -348,7 +348,7 @@ class RunState:
                 if ref is None or not self._reference_usable(ref) or self.settings.update_all:
                     measured = measured or self.reference_entry()
                     refs[self.device_key] = measured
-            merge_into_file(path, entries, refs)
+            merge_into_file(path, entries, refs, combine=append_process if self.settings.update_append else None)
             self.written_files.append(str(path))
             self.written += [f"{k} {n} {s}" for k, n, s, _ in entries]
         self.pending = []

@@ -116,3 +116,19 @@ def test_one_stage_update_is_a_small_diff_inside_that_entry(repo):
     decode = next(i for i in range(start, len(old)) if old[i].strip() == '"decode": {')
     end = next(i for i in range(decode, len(old)) if old[i].strip().startswith("}"))
     assert all(ln in old[decode:end] for ln in changed)  # every changed line belongs to that entry
+
+
+def test_two_runs_appending_at_once_both_count(tmp_path):
+    """--llmcycle-update-append pools with the entry stored when the file is written, under its lock."""
+    from pytest_llmcycle.session import PROCESS_MEDIANS, append_process, entry_from_samples
+
+    path = tmp_path / "b.json"
+    first = append_process(None, entry_from_samples([10.0] * 20, "call", None, ENV))
+    merge_into_file(path, [("cpu", "t.py::t", "s", first)])
+    # two runs both loaded that file, then write one after the other: neither loses the other
+    for median in (11.0, 12.0):
+        merge_into_file(path, [("cpu", "t.py::t", "s", entry_from_samples([median] * 20, "call", None, ENV))],
+                        combine=append_process)
+    stored = Baselines.load(path).entry("cpu", "t.py::t", "s")
+    assert stored.extra[PROCESS_MEDIANS] == [10.0, 11.0, 12.0]
+    assert stored.median_ms == 11.0
