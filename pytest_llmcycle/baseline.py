@@ -93,6 +93,26 @@ def entries_to_json(entries: Sequence["Entry"]) -> list[dict]:
     return out
 
 
+#: an entry's field listing the medians of the processes it was recorded in (--llmcycle-update-append)
+PROCESS_MEDIANS = "process_medians_ms"
+
+
+def process_medians(entry: "Entry") -> list[float]:
+    """The entry's recording processes' medians (positive numbers only: a hand edit is ignored)."""
+    medians = entry.extra.get(PROCESS_MEDIANS)
+    if not isinstance(medians, list):
+        return []
+    return [float(m) for m in medians if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0]
+
+
+def process_range(entry: "Entry | None") -> tuple[float, float] | None:
+    """(fastest, slowest) recorded process median over the entry's median; None from one process."""
+    values = process_medians(entry) if entry is not None else []
+    if len(values) < 2 or entry.median_ms <= 0:  # type: ignore[union-attr]
+        return None
+    return min(values) / entry.median_ms, max(values) / entry.median_ms  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One stage's stored measurement (milliseconds per ``unit``)."""

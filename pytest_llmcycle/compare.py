@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import verdict as vd
-from .baseline import Baselines, BaselineError, Entry
+from .baseline import Baselines, BaselineError, Entry, process_range
 from .results import StageResult
 
 Key = tuple  # (device_key, nodeid, stage)
@@ -148,8 +148,6 @@ def compare(
         else:
             mismatch = vd.env_mismatch(dict(before.env), dict(after.env))
             m = machine_factor(old, new, dk)
-            from .session import process_range
-
             v = vd.judge(list(before.samples_ms), list(after.samples_ms), thr, alpha, m, mismatch, process_range(before))
         rows.append(
             StageResult(

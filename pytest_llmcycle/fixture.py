@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator
 
 from . import device as devmod
 from . import verdict as vd
-from .baseline import Entry
+from .baseline import Entry, process_range
 from .config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
-from .session import RunState, entry_from_samples, ns_to_ms, process_range
+from .session import RunState, entry_from_samples, ns_to_ms
 from .llm import LLMStages
 from .timing import Clock, Measurement, pinned_threads, time_callable
 
@@ -83,12 +83,12 @@ class StageDeadline:
         return guarded
 
 
-def _cycle_process_range(stages: list[StageResult], weights: list[float]) -> tuple[float, float] | None:
-    """The cycle total's (fastest, slowest) recorded-process ratio, when every stage has one."""
+def _cycle_process_range(stages: list[StageResult], weights: list[float], total: float) -> tuple[float, float] | None:
+    """The cycle total's (fastest, slowest) recorded-process ratio to ``total`` (the baselines'
+    weighted sum), when every stage has one."""
     ranges = [process_range(r.baseline) for r in stages]
     if any(x is None for x in ranges):
         return None
-    total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
     fastest = sum(w * lo * r.baseline.median_ms for w, r, (lo, _) in zip(weights, stages, ranges))  # type: ignore[misc,union-attr]
     slowest = sum(w * hi * r.baseline.median_ms for w, r, (_, hi) in zip(weights, stages, ranges))  # type: ignore[misc,union-attr]
     return (fastest / total, slowest / total) if total > 0 else None
@@ -336,6 +336,7 @@ class LLMCycle(LLMStages):
         judged = all(r.baseline is not None and r.outcome != vd.NOT_COMPARABLE for r in stages)
         if judged:
             s = self.settings
+            base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
             v = vd.judge_cycle(
                 [r.baseline.samples_ms for r in stages],  # type: ignore[union-attr]
                 [self._final_samples[r.stage] for r in stages],
@@ -343,9 +344,8 @@ class LLMCycle(LLMStages):
                 s.threshold,
                 s.alpha,
                 self._machine_factor,
-                _cycle_process_range(stages, weights),
+                _cycle_process_range(stages, weights, base_total),
             )
-            base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
             base_entry = Entry(base_total, base_total, base_total, 1, (base_total,))
         else:
             v = vd.Verdict(vd.NEW, self.settings.threshold, self.settings.threshold, reason="not every stage has a comparable baseline")

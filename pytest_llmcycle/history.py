@@ -62,24 +62,19 @@ class HistoryStore(Protocol):
     def series(self, nodeid: str, stage: str, device_key: str | None = None) -> list[Point]: ...
 
 
+#: the columns a row stores, read as attributes of a StageResult or keys of a JSON-report row
+_FIELDS = ("nodeid", "stage", "kind", "device_key", "unit", "median_ms", "q1_ms", "q3_ms", "n", "outcome")
+
+
 def _row(r: Any) -> dict:
-    """A StageResult or a JSON-report row, as the columns stored."""
-    if hasattr(r, "verdict") and hasattr(r, "to_dict"):  # a StageResult: its fields, no samples copied
-        return {
-            "nodeid": r.nodeid,
-            "stage": r.stage,
-            "kind": r.kind,
-            "device_key": r.device_key,
-            "unit": r.unit,
-            "median_ms": r.median_ms,
-            "q1_ms": r.q1_ms,
-            "q3_ms": r.q3_ms,
-            "n": r.n,
-            "outcome": r.outcome,
-            "change": r.verdict.change,
-        }
-    d = dict(r)
-    verdict = d.get("verdict") or {}
+    """A StageResult or a JSON-report row, as the columns stored (a StageResult's samples are
+    not copied through ``to_dict``)."""
+    if hasattr(r, "verdict") and hasattr(r, "to_dict"):
+        d = {k: getattr(r, k) for k in _FIELDS}
+        verdict = {"change": r.verdict.change}
+    else:
+        d = dict(r)
+        verdict = d.get("verdict") or {}
     return {
         "nodeid": d["nodeid"],
         "stage": d["stage"],

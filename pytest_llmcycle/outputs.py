@@ -26,7 +26,9 @@ def report_format(path: str) -> str | None:
 
 
 def _round(x: float | None) -> float | None:
-    return None if x is None else float(f"{float(x):.4g}")  # baseline.round_sig's 4 digits; stdlib only here
+    from .baseline import round_sig  # lazily: this module is imported in every run
+
+    return None if x is None else round_sig(float(x))
 
 
 def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:

@@ -5,6 +5,7 @@ import shlex
 from typing import Iterable, Sequence
 
 from . import verdict as vd
+from .baseline import process_medians
 from .results import COLD, CYCLE, STAGE, StageResult
 
 _ORDER = {o: i for i, o in enumerate(vd.OUTCOMES)}
@@ -122,8 +123,8 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             out.extend(counter_lines(b.counters, r.counters, r.unit))
         if b is not None:
             spread = f" (IQR {fmt_ms(b.q1_ms)} .. {fmt_ms(b.q3_ms)}, n={b.n})" if r.kind != CYCLE else ""
-            medians = b.extra.get("process_medians_ms")
-            if isinstance(medians, list) and len(medians) > 1 and v.gate == "processes":
+            medians = process_medians(b)
+            if len(medians) > 1 and v.gate == "processes":
                 spread += f"; recorded in {len(medians)} processes, medians {fmt_ms(min(medians))} .. {fmt_ms(max(medians))}"
             out.append(f"  baseline  {fmt_ms(b.median_ms)}{unit}{spread}")
         spread = f" (IQR {fmt_ms(r.q1_ms)} .. {fmt_ms(r.q3_ms)}, n={r.n})" if r.kind != CYCLE else ""

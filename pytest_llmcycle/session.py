@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import device as devmod
-from .baseline import Baselines, BaselineError, Entry, merge_into_file
+from .baseline import PROCESS_MEDIANS, Baselines, BaselineError, Entry, merge_into_file, process_medians, process_range
 from .config import Settings
 from .results import StageResult
 
@@ -64,21 +64,8 @@ def ns_to_ms(samples: Any) -> "np.ndarray":
     return np.asarray(samples, dtype=float) / 1e6
 
 
-#: an entry's field listing the medians of the processes it was recorded in (--llmcycle-update-append)
-PROCESS_MEDIANS = "process_medians_ms"
 #: the most recent recording processes an entry remembers
 MAX_PROCESSES = 8
-
-
-def process_range(entry: Entry | None) -> tuple[float, float] | None:
-    """(fastest, slowest) recorded process median over the entry's median; None from one process."""
-    medians = entry.extra.get(PROCESS_MEDIANS) if entry is not None else None
-    if not isinstance(medians, list) or len(medians) < 2 or entry.median_ms <= 0:
-        return None
-    values = [float(m) for m in medians if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0]
-    if len(values) < 2:
-        return None
-    return min(values) / entry.median_ms, max(values) / entry.median_ms
 
 
 def append_process(stored: Entry | None, new: Entry) -> Entry:
@@ -98,8 +85,7 @@ def append_process(stored: Entry | None, new: Entry) -> Entry:
         dict(stored.counters) != dict(new.counters)
     ):
         return replace(new, extra={**new.extra, PROCESS_MEDIANS: [own]})
-    previous = stored.extra.get(PROCESS_MEDIANS)
-    medians = list(previous) if isinstance(previous, list) and previous else [round_sig(stored.median_ms)]
+    medians = process_medians(stored) or [round_sig(stored.median_ms)]
     share = max(1, round(STORED_SAMPLES / len(medians)))
     pooled = stats.sorted_array(list(stored.samples_ms) + stats.thin(new.samples_ms, share))
     s = stats.summarize(pooled, presorted=True)
@@ -178,7 +164,7 @@ class RunState:
 
     def load_baselines(self, nodeid: str | None = None) -> Baselines:
         """Load (once) and validate the baseline file that holds ``nodeid``; raises BaselineError."""
-        path = self.baseline_path_for(nodeid) if self.per_module else self.baseline_path
+        path = self.baseline_path_for(nodeid)
         loaded = self._loaded.get(path)
         if loaded is None:
             loaded = self._loaded[path] = Baselines.load(path)
@@ -197,17 +183,9 @@ class RunState:
             if p not in self._loaded:
                 self._loaded[p] = Baselines.load(p)
 
-    @property
-    def baselines(self) -> Baselines | None:
-        """The loaded single baseline file (None before loading, or with one file per module)."""
-        return None if self.per_module else self._loaded.get(self.baseline_path)
-
-    @baselines.setter
-    def baselines(self, value: Baselines | None) -> None:
-        """``None`` forgets what was loaded, so the files are read again."""
+    def forget_loaded(self) -> None:
+        """Read the baseline files again on next use (after something else wrote them)."""
         self._loaded.clear()
-        if value is not None:
-            self._loaded[value.path] = value
 
     @property
     def device(self) -> str:
@@ -354,4 +332,6 @@ class RunState:
         self.pending = []
 
 
-__all__ = ["RunState", "BaselineError", "entry_from_samples", "ns_to_ms"]
+__all__ = [
+    "RunState", "BaselineError", "PROCESS_MEDIANS", "append_process", "entry_from_samples", "ns_to_ms", "process_range",
+]

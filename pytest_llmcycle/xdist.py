@@ -102,7 +102,7 @@ def dump_run(run: Any) -> str:
     payload = {
         "results": results,
         "written": list(run.written),
-        "written_files": list(getattr(run, "written_files", ())),
+        "written_files": list(run.written_files),
         "write_error": getattr(run, "write_error", None),
         "device": run._device,
         "device_key": run._device_key,
