@@ -3,13 +3,13 @@
 On a CUDA machine, in under three minutes:
 
 1. **Agreement.** Known workloads (bf16 matmul chains of about 1 ms and 10 ms) are timed
-   through the plugin (:func:`pytest_llmcycle.timing.time_callable`: cold call, warm-up,
+   through the plugin (:func:`pytest_llmcycle.measure.timing.time_callable`: cold call, warm-up,
    adaptive rounds, CUDA events) and by a plain loop of CUDA events around single calls,
    interleaved; the medians must agree within ``--tolerance`` (default 3 %).
 2. **Per-token marks.** A decode loop (a Hugging Face ``generate`` on a small Llama built from a
    config when transformers is installed, and a hand-written loop in any case) is timed end to
    end with raw CUDA events with and without the plugin's per-token marks
-   (:class:`pytest_llmcycle.steps.Ticker` / the ``generate`` step marker); the marks may add at
+   (:class:`pytest_llmcycle.measure.steps.Ticker` / the ``generate`` step marker); the marks may add at
    most ``--overhead`` (default 3 %). The split must add up: TTFT + sum of gaps <= end-to-end,
    and the plugin's end-to-end median must agree with the raw one.
 
@@ -64,7 +64,7 @@ def raw_event_median(fn: Callable[[], Any], reps: int) -> float:
 
 
 def plugin_median(fn: Callable[[], Any], device: str, budget_s: float) -> float:
-    from pytest_llmcycle.timing import TimingPolicy, time_callable
+    from pytest_llmcycle.measure.timing import TimingPolicy, time_callable
 
     m = time_callable(fn, device, TimingPolicy(budget_s=budget_s, min_rounds=5 if DRY_RUN else 20), time.perf_counter_ns)
     return statistics.median(m.samples_ns) / 1e6
@@ -120,9 +120,9 @@ def check_marks(
     tol: float,
 ) -> list[str]:
     """End to end with raw events: ``plain()`` vs ``call(tick)`` with the plugin's ticker; the split must add up."""
-    from pytest_llmcycle.decode import token_call, token_stats
-    from pytest_llmcycle.steps import Ticker, time_marked
-    from pytest_llmcycle.timing import TimingPolicy
+    from pytest_llmcycle.llm.decode import token_call, token_stats
+    from pytest_llmcycle.measure.steps import Ticker, time_marked
+    from pytest_llmcycle.measure.timing import TimingPolicy
 
     failures = []
     ticker = Ticker(device)
@@ -189,7 +189,7 @@ def hf_generate(device: str, n: int) -> tuple[Callable[[Callable[[], None]], Any
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
         return None
-    from pytest_llmcycle import hf
+    from pytest_llmcycle.llm import hf
 
     torch.manual_seed(0)
     hidden, n_layers, vocab = PROFILE["llama"]

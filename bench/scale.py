@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_llmcycle import verdict as vd  # noqa: E402
-from pytest_llmcycle.baseline import Baselines, Entry, merge_into_file  # noqa: E402
-from pytest_llmcycle.results import COLD, CYCLE, StageResult  # noqa: E402
-from pytest_llmcycle.session import entry_from_samples  # noqa: E402
+from pytest_llmcycle.engine import verdict as vd  # noqa: E402
+from pytest_llmcycle.storage.baseline import Baselines, Entry, merge_into_file  # noqa: E402
+from pytest_llmcycle.run.results import COLD, CYCLE, StageResult  # noqa: E402
+from pytest_llmcycle.run.session import entry_from_samples  # noqa: E402
 
 STAGES_PER_TEST = 4
 ENV = {"threads": 2, "torch": "2.13.0", "dtype": "float32", "device_name": "AMD EPYC"}
@@ -121,14 +121,14 @@ def main() -> None:
         t, _ = timed(lambda: merge_into_file(path, pending), rep)
         lines.append(("write baselines", f"{n} entries merged, {path.stat().st_size / 1e6:.1f} MB", t))
 
-        from pytest_llmcycle.report import terminal_table
+        from pytest_llmcycle.reports.terminal import terminal_table
 
         t, table = timed(lambda: terminal_table(results), rep)
         lines.append(("terminal table", f"{len(results)} rows", t))
         meta = {"device_key": "cpu-amd-epyc", "threads": 2, "settings": {"threshold": 0.1, "alpha": 0.01, "budget_s": 1.0, "update": False}}
         for fmt in ("json", "markdown", "html"):
             try:
-                from pytest_llmcycle.outputs import render
+                from pytest_llmcycle.reports.outputs import render
             except ImportError:
                 break
             try:

@@ -36,7 +36,7 @@ import os, random
 
 import numpy  # noqa: F401 - an LLM suite has it loaded (torch imports it); the plugin's verdicts use it
 import pytest
-from pytest_llmcycle.timing import Measurement
+from pytest_llmcycle.measure.timing import Measurement
 
 STAGES = ("prefill", "decode", "backward", "e2e")
 MIX = os.environ.get("MIX", "base")

@@ -23,11 +23,11 @@ class UsageError(Exception):
 def _print_rows(rows: list, fmt: str, out=None) -> None:
     out = out or sys.stdout
     if fmt == "markdown":
-        from .report_markdown import table
+        from .reports.markdown import table
 
         print(table(rows), file=out)
     else:
-        from .report import terminal_table
+        from .reports.terminal import terminal_table
 
         print(terminal_table(rows), file=out)
 
@@ -39,7 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import json
 
     from .compare import SnapshotError, load
-    from .report import fmt_ms, simple_table
+    from .reports.terminal import fmt_ms, simple_table
 
     try:
         snap = load(args.file)
@@ -62,7 +62,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return OK
     headers = ["device key", "test", "stage", "median", "IQR", "n", "cold", "environment"]
     if args.format == "markdown":
-        from .report_markdown import cell
+        from .reports.markdown import cell
 
         print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
         for r in rows:
@@ -104,7 +104,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         keys_old = sorted({k for k, _, _ in old.entries}) or ["none"]
         keys_new = sorted({k for k, _, _ in new.entries}) or ["none"]
         print(f"llmcycle: no stage is in both files (device keys {', '.join(keys_old)} vs {', '.join(keys_new)})")
-    from .report import outcome_counts
+    from .reports.terminal import outcome_counts
 
     counts = ", ".join(f"{n} {o}" for o, n in outcome_counts(shown).items()) or "nothing compared"
     print(f"\n{counts}; exit code {code}")
@@ -150,7 +150,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
     from filelock import FileLock
 
-    from .baseline import Baselines, BaselineError, atomic_write_text, lock_path
+    from .storage.baseline import Baselines, BaselineError, atomic_write_text, lock_path
 
     with FileLock(lock_path(path), timeout=60):
         try:
@@ -179,8 +179,8 @@ def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .history import SQLiteHistory
-    from .report import fmt_ms, simple_table, trend_sparkline
+    from .storage.history import SQLiteHistory
+    from .reports.terminal import fmt_ms, simple_table, trend_sparkline
 
     path = Path(args.db)
     if not path.is_file():

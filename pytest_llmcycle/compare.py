@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import verdict as vd
-from .baseline import Baselines, BaselineError, Entry, process_range
-from .results import StageResult
+from .engine import verdict as vd
+from .storage.baseline import Baselines, BaselineError, Entry, process_range
+from .run.results import StageResult
 
 Key = tuple  # (device_key, nodeid, stage)
 REMOVED = "removed"  # a stage only the old file has: listed, never gated
@@ -52,7 +52,7 @@ def _entry_from_row(row: dict) -> Entry:
 
 
 def load(path: str | Path) -> Snapshot:
-    from .report_json import is_report
+    from .reports.jsondoc import is_report
 
     p = Path(path)
     if p.is_dir():
@@ -166,6 +166,6 @@ def exit_code(rows: list[StageResult], strict: bool = False) -> int:
 
 
 def to_json(rows: list[StageResult], **about: Any) -> str:
-    from .report_json import result_dicts
+    from .reports.jsondoc import result_dicts
 
     return json.dumps({"compare": about, "results": result_dicts(rows)}, indent=1, sort_keys=True, default=str) + "\n"

@@ -39,7 +39,7 @@ class Settings:
     counters: bool = True
 
     def timing_policy(self):
-        from .timing import TimingPolicy
+        from .measure.timing import TimingPolicy
 
         return TimingPolicy(
             budget_s=self.budget_s,
@@ -137,7 +137,7 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any]) -> Settings:
         elif ini.get(name) not in (None, ""):
             values[name] = convert(name, ini[name], f"ini option {cli_flag(name)[2:].replace('-', '_')}")
     s = Settings(**values)
-    from .device import is_valid_device
+    from .measure.device import is_valid_device
 
     if not is_valid_device(s.device):
         raise SettingError(f"--llmcycle-device={s.device!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")

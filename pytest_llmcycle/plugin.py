@@ -94,7 +94,7 @@ def _configure_parallel(config: pytest.Config) -> None:
     pin = bool(config.getoption("llmcycle_xdist_gpus") or config.getini("llmcycle_xdist_gpus"))
     worker_index, worker_count = None, 1
     if config.pluginmanager.hasplugin("xdist"):
-        from . import xdist
+        from .run import xdist
 
         worker_index, worker_count = xdist.worker_of(config)
         xdist.register(config)
@@ -134,7 +134,7 @@ def _configure_outputs(config: pytest.Config) -> None:
     import os
     from pathlib import Path
 
-    from .outputs import FORMATS, report_format
+    from .reports.outputs import FORMATS, report_format
 
     def path(cli: Any, ini: Any) -> Any:
         if cli:
@@ -170,7 +170,7 @@ def _write_outputs(config: pytest.Config, run: Any) -> None:
     summary = results and out["step_summary"] and os.environ.get("GITHUB_STEP_SUMMARY")
     if not (out["reports"] or out["history"] or out["tensorboard"] or summary):
         return
-    from .outputs import run_meta, write_outputs
+    from .reports.outputs import run_meta, write_outputs
 
     meta = run_meta(run, config.rootpath)
     out["messages"] = write_outputs(
@@ -226,7 +226,7 @@ def item_settings(item: pytest.Item) -> Settings:
 def get_run(config: pytest.Config) -> Any:
     run = config.stash.get(RUN_KEY, None)
     if run is None:
-        from .session import RunState
+        from .run.session import RunState
 
         run = RunState(config.stash[SETTINGS_KEY], config.rootpath, **config.stash.get(PARALLEL_KEY, {}))
         config.stash[RUN_KEY] = run
@@ -255,7 +255,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def prepare_run(config: pytest.Config) -> Any:
     """Resolve the device and load the baselines once, before any test runs, failing clearly."""
-    from .baseline import BaselineError
+    from .storage.baseline import BaselineError
 
     run = get_run(config)
     try:
@@ -276,7 +276,7 @@ def prepare_run(config: pytest.Config) -> Any:
 @pytest.fixture
 def llmcycle(request: pytest.FixtureRequest) -> Any:
     """Times the stages of an inference cycle and compares them with committed baselines."""
-    from .fixture import LLMCycle
+    from .run.fixture import LLMCycle
 
     try:
         settings = item_settings(request.node)
@@ -295,11 +295,11 @@ def pytest_runtest_call(item: pytest.Item):
     if obj is None:
         return result
     failing = obj.finish()
-    from .outputs import junit_properties
+    from .reports.outputs import junit_properties
 
     item.user_properties.extend(junit_properties(obj.results))
     if failing:
-        from .report import failure_message
+        from .reports.terminal import failure_message
 
         pytest.fail(failure_message(failing), pytrace=False)
     return result
@@ -309,7 +309,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN_KEY, None)
     if run is None or not run.pending:
         return _write_outputs(session.config, run)
-    from .baseline import BaselineError
+    from .storage.baseline import BaselineError
 
     try:
         run.write_updates()
@@ -326,7 +326,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     run = config.stash.get(RUN_KEY, None)
     if run is None or not (run.results or getattr(run, "write_error", None)):
         return
-    from .report import terminal_table
+    from .reports.terminal import terminal_table
 
     tr = terminalreporter
     tr.write_sep("-", f"llmcycle: {run.device_key}, {run.threads} thread(s)")
@@ -336,7 +336,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line("* normalised by the machine's speed (reference workload) since the baseline was recorded")
     faster = sorted({r.nodeid for r in run.results if r.outcome == "improved" and not r.updated})
     if faster:
-        from .report import accept_command
+        from .reports.terminal import accept_command
 
         tr.write_line(f"llmcycle: {len(faster)} test(s) faster than their baseline; to record it: {accept_command(faster)}")
     if run.written:

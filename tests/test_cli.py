@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcycle import cli
-from pytest_llmcycle import verdict as vd
-from pytest_llmcycle.baseline import Baselines, Entry
-from pytest_llmcycle.report_json import render as render_report
-from pytest_llmcycle.session import entry_from_samples
-from pytest_llmcycle.results import StageResult
+from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.storage.baseline import Baselines, Entry
+from pytest_llmcycle.reports.jsondoc import render as render_report
+from pytest_llmcycle.run.session import entry_from_samples
+from pytest_llmcycle.run.results import StageResult
 
 KEY = "cpu-test"
 ENV = {"threads": 1, "torch": "2.13.0"}
@@ -297,7 +297,7 @@ def test_prune_a_folder_prunes_every_module_file(tmp_path, capsys):
 
 
 def test_compare_allows_for_the_old_baselines_recording_processes(tmp_path, capsys):
-    from pytest_llmcycle.session import append_process
+    from pytest_llmcycle.run.session import append_process
 
     old = Baselines(tmp_path / "old.json")
     e = append_process(None, entry_from_samples(samples(10.0), "call", None, ENV))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcycle import baseline as bl
-from pytest_llmcycle.baseline import Baselines, Entry
+from pytest_llmcycle.storage import baseline as bl
+from pytest_llmcycle.storage.baseline import Baselines, Entry
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and fork semantics of POSIX")
 
@@ -31,7 +31,7 @@ WRITER = textwrap.dedent(
     import os, sys
     from pathlib import Path
     import filelock  # imported before "ready", so the parent's random delays fall on merges
-    from pytest_llmcycle.baseline import Entry, merge_into_file
+    from pytest_llmcycle.storage.baseline import Entry, merge_into_file
 
     path, name, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     count = int(sys.argv[4]) if len(sys.argv) > 4 else 10**9

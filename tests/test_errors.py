@@ -8,9 +8,9 @@ import pytest
 # Inline pytester runs drop the modules first imported inside them: torch cannot be loaded twice,
 # and re-importing (and assertion-rewriting) the rest would cost seconds per run.
 import hypothesis  # noqa: F401,E402
-import pytest_llmcycle.fixture  # noqa: F401,E402
-import pytest_llmcycle.machine  # noqa: F401,E402
-import pytest_llmcycle.report  # noqa: F401,E402
+import pytest_llmcycle.run.fixture  # noqa: F401,E402
+import pytest_llmcycle.measure.machine  # noqa: F401,E402
+import pytest_llmcycle.reports.terminal  # noqa: F401,E402
 import torch  # noqa: F401,E402
 
 BASELINE = ".llmcycle/baselines.json"
@@ -155,7 +155,7 @@ def test_a_write_that_fails_at_the_end_is_reported_and_fails_the_run(project):
     before = recorded(project)
     project.makeconftest(
         """
-        import pytest_llmcycle.baseline as bl
+        import pytest_llmcycle.storage.baseline as bl
 
         real = bl.atomic_write_text
 
@@ -261,7 +261,7 @@ def test_min_rounds_above_max_rounds_is_refused(project):
     ],
 )
 def test_a_module_becomes_a_plain_file_name(nodeid, stem):
-    from pytest_llmcycle.session import module_file_stem
+    from pytest_llmcycle.run.session import module_file_stem
 
     assert module_file_stem(nodeid) == stem
     assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
@@ -269,7 +269,7 @@ def test_a_module_becomes_a_plain_file_name(nodeid, stem):
 
 def test_a_module_file_always_lands_in_the_chosen_folder(tmp_path):
     from pytest_llmcycle.config import Settings
-    from pytest_llmcycle.session import RunState
+    from pytest_llmcycle.run.session import RunState
 
     run = RunState(Settings(baseline="perf/{module}.json"), tmp_path)
     for nodeid in ("../../x.py::t", "a/b/../../c.py::t", "/abs/test_y.py::t", "..\\..\\z.py::t"):

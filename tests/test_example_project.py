@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmcycle.baseline import Baselines
+from pytest_llmcycle.storage.baseline import Baselines
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 BASELINES = EXAMPLE / ".llmcycle" / "baselines.json"

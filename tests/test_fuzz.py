@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pytest_llmcycle import baseline as bl
-from pytest_llmcycle import verdict as vd
-from pytest_llmcycle.baseline import BaselineError, Baselines, Entry
+from pytest_llmcycle.storage import baseline as bl
+from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.storage.baseline import BaselineError, Baselines, Entry
 
 PATH = Path("/nonexistent/llmcycle/baselines.json")
 CURRENT = [10.0 + 0.01 * i for i in range(20)]

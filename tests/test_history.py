@@ -8,9 +8,9 @@ import pytest
 import torch  # noqa: F401 - torch and numpy cannot load twice in one process
 
 from pytest_llmcycle import cli
-from pytest_llmcycle import verdict as vd
-from pytest_llmcycle.history import HistoryStore, SQLiteHistory, open_store
-from pytest_llmcycle.results import COLD, StageResult
+from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.storage.history import HistoryStore, SQLiteHistory, open_store
+from pytest_llmcycle.run.results import COLD, StageResult
 
 
 def row(nodeid: str, stage: str, median: float, key: str = "cpu-a", kind: str = "stage", outcome: str = vd.OK) -> StageResult:
@@ -54,7 +54,7 @@ def test_series_many_reads_what_series_reads_in_one_go(tmp_path):
 
 
 def test_trends_for_a_report_use_one_batch_query_or_the_two_method_protocol(tmp_path):
-    from pytest_llmcycle.outputs import _trends
+    from pytest_llmcycle.reports.outputs import _trends
 
     store = SQLiteHistory(tmp_path / "h.sqlite")
     results = [row("t::a", "decode", 1.0), row("t::a", "decode", 50.0, kind=COLD)]
@@ -139,7 +139,7 @@ def test_tensorboard_export(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pytest_llmcycle.outputs import export_tensorboard
+    from pytest_llmcycle.reports.outputs import export_tensorboard
 
     message, is_error = export_tensorboard(tmp_path / "tb", [row("t::a", "decode", 1.5)], {})
     assert not is_error and "exported" in message

@@ -40,7 +40,7 @@ def heavy_modules_after(code: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "module", ["pytest_llmcycle", "pytest_llmcycle.plugin", "pytest_llmcycle.config", "pytest_llmcycle.device", "pytest_llmcycle.baseline"]
+    "module", ["pytest_llmcycle", "pytest_llmcycle.plugin", "pytest_llmcycle.config", "pytest_llmcycle.measure.device", "pytest_llmcycle.storage.baseline"]
 )
 def test_importing_the_plugin_imports_no_heavy_library(module):
     assert heavy_modules_after(f"import {module}") == "[]"
@@ -48,7 +48,7 @@ def test_importing_the_plugin_imports_no_heavy_library(module):
 
 def test_the_check_sees_a_heavy_import_when_there_is_one():
     # the same probe on a module that does need numpy: proves the probe can fail
-    assert heavy_modules_after("import pytest_llmcycle.stats") == "['numpy']"
+    assert heavy_modules_after("import pytest_llmcycle.engine.stats") == "['numpy']"
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from pytest_llmcycle import verdict as vd
-from pytest_llmcycle.baseline import Entry, merge_into_file
+from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.storage.baseline import Entry, merge_into_file
 from pytest_llmcycle.config import Settings
-from pytest_llmcycle.fixture import LLMCycle
-from pytest_llmcycle.report import failure_message
-from pytest_llmcycle.results import COLD, CYCLE
-from pytest_llmcycle.session import RunState
-from pytest_llmcycle.steps import MarkCountError, Ticker
-from pytest_llmcycle.timing import Measurement
+from pytest_llmcycle.run.fixture import LLMCycle
+from pytest_llmcycle.reports.terminal import failure_message
+from pytest_llmcycle.run.results import COLD, CYCLE
+from pytest_llmcycle.run.session import RunState
+from pytest_llmcycle.measure.steps import MarkCountError, Ticker
+from pytest_llmcycle.measure.timing import Measurement
 
 MS = 1_000_000
 
@@ -312,7 +312,7 @@ def test_cuda_marks_are_stream_events_and_the_host_synchronizes_once(monkeypatch
 
     import torch
 
-    from pytest_llmcycle.decode import token_call
+    from pytest_llmcycle.llm.decode import token_call
 
     timeline = {"t": 0.0, "syncs": 0, "host_syncs": 0}
     stream = object()
@@ -368,8 +368,8 @@ def test_decode_keeps_its_per_position_timeline_for_the_html_report(tmp_path, cl
     g = lc.tokens(loop, n_tokens=5)
     assert g.decode.timeline_ms == (1.0, 2.0, 3.0, 4.0)
     assert g.prefill.timeline_ms == ()
-    from pytest_llmcycle.report_html import render
-    from pytest_llmcycle.results import StageResult
+    from pytest_llmcycle.reports.htmlpage import render
+    from pytest_llmcycle.run.results import StageResult
 
     back = StageResult.from_dict(json.loads(json.dumps(g.decode.to_dict())))
     assert back.timeline_ms == g.decode.timeline_ms

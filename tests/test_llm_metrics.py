@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from pytest_llmcycle import counters as cnt
-from pytest_llmcycle.ab import ABResult, SpeedupError, speedup
-from pytest_llmcycle.decode import by_position, token_call, token_stats
-from pytest_llmcycle.scaling import ScalingError, ScalingResult, fit_power_law
-from pytest_llmcycle.steps import Marks
+from pytest_llmcycle.measure import counters as cnt
+from pytest_llmcycle.llm.ab import ABResult, SpeedupError, speedup
+from pytest_llmcycle.llm.decode import by_position, token_call, token_stats
+from pytest_llmcycle.llm.scaling import ScalingError, ScalingResult, fit_power_law
+from pytest_llmcycle.measure.steps import Marks
 
 MS = 1e6
 

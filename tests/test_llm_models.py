@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2_config, tiny_llama_config
-from pytest_llmcycle import hf
+from pytest_llmcycle.llm import hf
 from pytest_llmcycle.config import Settings
-from pytest_llmcycle.fixture import LLMCycle
-from pytest_llmcycle.results import CYCLE
-from pytest_llmcycle.scaling import ScalingError
-from pytest_llmcycle.session import RunState
+from pytest_llmcycle.run.fixture import LLMCycle
+from pytest_llmcycle.run.results import CYCLE
+from pytest_llmcycle.llm.scaling import ScalingError
+from pytest_llmcycle.run.session import RunState
 
 N = 6  # new tokens per generation: few, so the whole file stays fast
 
@@ -245,7 +245,7 @@ def test_counted_forward_with_inference_mode(tmp_path, tiny_llama, input_ids):
 
 
 def test_recompiling_inside_the_measured_rounds_is_reported(tmp_path):
-    from pytest_llmcycle.steps import CompileWarning
+    from pytest_llmcycle.measure.steps import CompileWarning
 
     lc = make(tmp_path, counters=False)
     step = torch.compile(lambda x: torch.cos(x) + 1, backend="eager", dynamic=False)

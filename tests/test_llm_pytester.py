@@ -13,12 +13,12 @@ import pytest
 
 # Inline pytester runs drop the modules first imported inside them: torch and transformers
 # cannot be loaded twice, so they (and the plugin's lazily imported modules) are loaded here.
-import pytest_llmcycle.counters  # noqa: F401,E402
-import pytest_llmcycle.fixture  # noqa: F401,E402
-import pytest_llmcycle.hf  # noqa: F401,E402
-import pytest_llmcycle.machine  # noqa: F401,E402
-import pytest_llmcycle.report  # noqa: F401,E402
-import pytest_llmcycle.steps  # noqa: F401,E402
+import pytest_llmcycle.measure.counters  # noqa: F401,E402
+import pytest_llmcycle.run.fixture  # noqa: F401,E402
+import pytest_llmcycle.llm.hf  # noqa: F401,E402
+import pytest_llmcycle.measure.machine  # noqa: F401,E402
+import pytest_llmcycle.reports.terminal  # noqa: F401,E402
+import pytest_llmcycle.measure.steps  # noqa: F401,E402
 import torch  # noqa: F401,E402
 import transformers.models.llama.modeling_llama  # noqa: F401,E402
 

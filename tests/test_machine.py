@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmcycle import machine
+from pytest_llmcycle.measure import machine
 
 
 class StepClock:

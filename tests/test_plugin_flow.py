@@ -17,9 +17,9 @@ import pytest
 # Inline pytester runs drop the modules first imported inside them: torch cannot be loaded twice,
 # and re-importing (and assertion-rewriting) the rest would cost seconds per run.
 import hypothesis  # noqa: F401,E402
-import pytest_llmcycle.fixture  # noqa: F401,E402
-import pytest_llmcycle.machine  # noqa: F401,E402
-import pytest_llmcycle.report  # noqa: F401,E402
+import pytest_llmcycle.run.fixture  # noqa: F401,E402
+import pytest_llmcycle.measure.machine  # noqa: F401,E402
+import pytest_llmcycle.reports.terminal  # noqa: F401,E402
 import torch  # noqa: E402
 
 BASELINE = ".llmcycle/baselines.json"
@@ -73,7 +73,7 @@ def clock(llmcycle):
 def machine_speed(monkeypatch):
     """MACHINE_FACTOR in the environment stands in for timing the reference workload."""
     if "MACHINE_FACTOR" in os.environ:
-        from pytest_llmcycle.session import RunState
+        from pytest_llmcycle.run.session import RunState
 
         monkeypatch.setattr(RunState, "machine_factor", lambda self, sample_s=0.0, nodeid=None: float(os.environ["MACHINE_FACTOR"]))
 '''
@@ -300,7 +300,7 @@ def test_noise_wider_than_the_threshold_is_reported_as_the_effective_threshold(p
 
 RECORDED = """
 import os
-from pytest_llmcycle.timing import Measurement
+from pytest_llmcycle.measure.timing import Measurement
 
 
 def around(ms):
@@ -397,7 +397,7 @@ def test_a_reference_from_another_environment_is_never_used_and_is_re_recorded(p
     # a reference timed on 1 thread (and, to make its misuse certain, 100x slower than now)
     ref["env"]["threads"] = 1
     ref["median_ms"] *= 100
-    from pytest_llmcycle.baseline import dumps
+    from pytest_llmcycle.storage.baseline import dumps
 
     path.write_text(dumps(data))
 
@@ -506,7 +506,7 @@ def test_update_writes_new_and_changed_entries_only(project, monkeypatch):
     # an entry for another runner, hand-written with five significant digits: must survive untouched
     data = json.loads(path.read_text())
     data["devices"]["gpu-runner"] = {"tests": {"test_model.py::test_forward": {"forward": {"median_ms": 0.12345, "samples_ms": [0.12345]}}}}
-    from pytest_llmcycle.baseline import dumps
+    from pytest_llmcycle.storage.baseline import dumps
 
     path.write_text(dumps(data))
     before = path.read_text()
@@ -999,7 +999,7 @@ def test_record_refuses_zero_or_empty_samples(pytester):
     pytester.makepyfile(
         """
         import pytest
-        from pytest_llmcycle.timing import Measurement
+        from pytest_llmcycle.measure.timing import Measurement
 
         def test_zero(llmcycle):
             with pytest.raises(ValueError, match="positive, finite"):

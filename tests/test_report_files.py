@@ -18,12 +18,12 @@ import torch  # noqa: F401 - torch and numpy cannot load twice in one process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmcycle import report, report_html, report_json, report_markdown
-from pytest_llmcycle import verdict as vd
-from pytest_llmcycle.baseline import Entry
-from pytest_llmcycle.outputs import junit_properties
-from pytest_llmcycle.results import COLD, CYCLE, StageResult
-from pytest_llmcycle.session import entry_from_samples
+from pytest_llmcycle.reports import terminal as report, htmlpage as report_html, jsondoc as report_json, markdown as report_markdown
+from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.storage.baseline import Entry
+from pytest_llmcycle.reports.outputs import junit_properties
+from pytest_llmcycle.run.results import COLD, CYCLE, StageResult
+from pytest_llmcycle.run.session import entry_from_samples
 
 META = {"device_key": "cpu-test", "threads": 1, "torch": "9.9", "python": "3.x", "settings": {"threshold": 0.1}}
 
@@ -211,7 +211,7 @@ def test_html_report_is_self_contained_with_one_strip_plot_per_stage(rows):
 def test_html_shows_the_decode_timeline_and_the_trend_when_given(rows):
     from dataclasses import dataclass
 
-    from pytest_llmcycle.history import Point
+    from pytest_llmcycle.storage.history import Point
 
     @dataclass(frozen=True)
     class WithTimeline(StageResult):  # a record that kept the per-position decode latency
@@ -232,8 +232,8 @@ def test_html_shows_the_decode_timeline_and_the_trend_when_given(rows):
 
 
 def test_junit_values_are_rounded_like_the_baseline_file():
-    from pytest_llmcycle import outputs
-    from pytest_llmcycle.baseline import round_sig
+    from pytest_llmcycle.reports import outputs
+    from pytest_llmcycle.storage.baseline import round_sig
 
     for x in (12.345678, 0.00012345678, 98765.4321, 1.0, 0.0, math.inf):
         assert outputs._round(x) == round_sig(x)
@@ -339,7 +339,8 @@ def test_output_options_cost_nothing_in_a_run_without_timing_tests(tmp_path):
 
 
 def test_outputs_kinds_are_the_results_kinds():
-    from pytest_llmcycle import outputs, results
+    from pytest_llmcycle.reports import outputs
+    from pytest_llmcycle.run import results
 
     assert (outputs.COLD, outputs.CYCLE) == (results.COLD, results.CYCLE)
 

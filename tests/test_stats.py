@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmcycle import stats
+from pytest_llmcycle.engine import stats
 
 
 def brute_u(x, y):

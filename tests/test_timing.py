@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_llmcycle import device as devmod
-from pytest_llmcycle.timing import TimingPolicy, call_round, make_round, pinned_threads, run_rounds, time_callable
+from pytest_llmcycle.measure import device as devmod
+from pytest_llmcycle.measure.timing import TimingPolicy, call_round, make_round, pinned_threads, run_rounds, time_callable
 
 MS = 1_000_000
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_llmcycle import verdict as vd
+from pytest_llmcycle.engine import verdict as vd
 
 
 def samples(median: float, n: int = 60, spread: float = 0.02, seed: int = 0) -> list[float]:

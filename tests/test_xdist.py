@@ -11,12 +11,12 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from pytest_llmcycle import xdist
-from pytest_llmcycle.baseline import Entry
+from pytest_llmcycle.run import xdist
+from pytest_llmcycle.storage.baseline import Entry
 from pytest_llmcycle.config import Settings
-from pytest_llmcycle.results import CYCLE, StageResult
-from pytest_llmcycle.session import RunState
-from pytest_llmcycle.verdict import Verdict
+from pytest_llmcycle.run.results import CYCLE, StageResult
+from pytest_llmcycle.run.session import RunState
+from pytest_llmcycle.engine.verdict import Verdict
 
 FAST = ("--llmcycle-device", "cpu", "--llmcycle-budget", "0.05", "--llmcycle-min-rounds", "3", "-p", "no:cacheprovider")
 
@@ -48,7 +48,7 @@ def test_a_pinned_worker_resolves_its_gpu_and_makes_it_current(monkeypatch):
     chosen = []
     monkeypatch.setattr(xdist, "cuda_device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.setattr("pytest_llmcycle.device.resolve_device", lambda spec: spec)  # no CUDA here to check
+    monkeypatch.setattr("pytest_llmcycle.measure.device.resolve_device", lambda spec: spec)  # no CUDA here to check
     run = RunState(Settings(device="cuda"), ".", worker_index=3, worker_count=4, pin_gpus=True)
     assert run.device == "cuda:1"
     assert chosen == ["cuda:1"]
@@ -158,7 +158,7 @@ def test_b(llmcycle, i):
 NO_LOCK_CONFTEST = """
 import contextlib, os
 if os.environ.get("LLMCYCLE_NO_LOCK"):
-    from pytest_llmcycle.session import RunState
+    from pytest_llmcycle.run.session import RunState
     RunState.timing_lock = lambda self: contextlib.nullcontext()
 """
 
@@ -188,7 +188,7 @@ UNTIMED_ALONGSIDE = """
 import os, time, pytest
 from pathlib import Path
 from filelock import FileLock, Timeout
-from pytest_llmcycle.session import timing_lock_path
+from pytest_llmcycle.run.session import timing_lock_path
 
 LOG = Path(os.environ["LLMCYCLE_TEST_DIR"])
 
@@ -297,7 +297,7 @@ def test_gpu_pinning_on_a_machine_without_gpus_times_on_the_cpu(pytester):
 @pytest.mark.timeout(60)
 def test_a_workers_failed_baseline_write_fails_the_run_and_is_shown_once(pytester):
     pytester.makeconftest(
-        "import pytest_llmcycle.session as s\n"
+        "import pytest_llmcycle.run.session as s\n"
         "def broken(*a, **k):\n    raise OSError('disk full')\n"
         "s.merge_into_file = broken\n"
     )

@@ -61,7 +61,7 @@ class GenerationResult:
         return scaling.fit_power_law(positions, [[c[metric]] for c in self.step_counters], what=f"decode step {metric}", unit="count")
 
     def __str__(self) -> str:
-        from .counters import PEAK, fmt_count
+        from ..measure.counters import PEAK, fmt_count
 
         lines = [self.stats.table()]
         for stage, c in self.counters.items():
@@ -123,7 +123,7 @@ def _grad_context(inference_mode: bool) -> Any:
 
 def _phase(snaps: Sequence[dict], i: int, j: int, per: float = 1.0) -> dict:
     """Counters spent between snapshot i and j (per ``per`` units); peak: the largest in between."""
-    from .counters import PEAK, delta
+    from ..measure.counters import PEAK, delta
 
     out = delta(snaps[i], snaps[j], per)
     peaks = [s[PEAK] for s in snaps[i + 1 : j + 1] if PEAK in s]
@@ -153,7 +153,7 @@ class LLMStages:
 
     def _count_marked(self, call: Callable, prepare: Callable | None, what: str) -> list | None:
         """One untimed call under the counters, with a snapshot at its start, each tick and its end."""
-        from .counters import Counting, try_counting
+        from ..measure.counters import Counting, try_counting
 
         def run() -> list:
             if prepare is not None:
@@ -164,7 +164,7 @@ class LLMStages:
                 snaps.append(c.snapshot())
             return snaps
 
-        from .timing import pinned_threads
+        from ..measure.timing import pinned_threads
 
         with pinned_threads(self.threads):  # type: ignore[attr-defined]
             return try_counting(what, run)
@@ -226,7 +226,7 @@ class LLMStages:
         each call. Other keywords go to ``generate`` (e.g. ``use_cache=False``).
         """
         from . import hf
-        from .device import dtype_of
+        from ..measure.device import dtype_of
 
         hf.check_devices(model, inputs, self._run.device)
         kw = hf.generation_kwargs(model, max_new_tokens, do_sample=do_sample, num_beams=num_beams, extra=generate_kwargs)
@@ -259,8 +259,8 @@ class LLMStages:
         what: str = "tick()",
     ) -> GenerationResult:
         from . import decode
-        from .steps import MarkedRun, MarkCountError, time_marked
-        from .timing import Measurement
+        from ..measure.steps import MarkedRun, MarkCountError, time_marked
+        from ..measure.timing import Measurement
 
         p = _prefix(name)
         stages = (p + "prefill", p + "decode", p + "e2e")
@@ -361,9 +361,9 @@ class LLMStages:
         before each step, outside the timed region. On CUDA each phase boundary is a device
         event; the host synchronizes once per step.
         """
-        from .device import dtype_of
-        from .steps import MarkedRun, time_marked
-        from .timing import Measurement
+        from ..measure.device import dtype_of
+        from ..measure.steps import MarkedRun, time_marked
+        from ..measure.timing import Measurement
 
         p = _prefix(name)
         names = [p + "forward", p + "backward"] + ([p + "optimizer"] if optimizer is not None else [])
@@ -433,9 +433,9 @@ class LLMStages:
         cycle: bool = True,
     ) -> Any:
         """``measure(stage, fn)`` plus deterministic counters (one extra, untimed call)."""
-        from .counters import count_call, try_counting
-        from .device import dtype_of
-        from .timing import pinned_threads, time_callable
+        from ..measure.counters import count_call, try_counting
+        from ..measure.device import dtype_of
+        from ..measure.timing import pinned_threads, time_callable
 
         self._check_stage(stage)  # type: ignore[attr-defined]
 
@@ -473,9 +473,9 @@ class LLMStages:
         budget is shared by the sizes. ``record=True`` also records each size as a stage
         ``"<stage>[<size>]"`` against its baseline (left out of the cycle total).
         """
-        from .counters import count_call, try_counting
+        from ..measure.counters import count_call, try_counting
         from .scaling import ScalingResult
-        from .timing import pinned_threads, time_callable
+        from ..measure.timing import pinned_threads, time_callable
 
         sizes = list(sizes)
         if len(set(sizes)) < 2:
@@ -530,7 +530,7 @@ class LLMStages:
         twice the stage budget) is shared by both.
         """
         from .ab import ABResult, run_ab
-        from .counters import count_call, try_counting
+        from ..measure.counters import count_call, try_counting
 
         if len(names) != 2 or names[0] == names[1]:
             raise ValueError("names must be two different labels, e.g. names=('eager', 'sdpa')")

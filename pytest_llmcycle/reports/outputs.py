@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from .results import StageResult
+    from ..run.results import StageResult
 
 # Stdlib only at import: the plugin imports this module in every run (report paths are checked
 # at configure time), so numpy and friends load only when something is written.
@@ -26,7 +26,7 @@ def report_format(path: str) -> str | None:
 
 
 def _round(x: float | None) -> float | None:
-    from .baseline import round_sig  # lazily: this module is imported in every run
+    from ..storage.baseline import round_sig  # lazily: this module is imported in every run
 
     return None if x is None else round_sig(float(x))
 
@@ -75,8 +75,8 @@ def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
     import platform
     from datetime import datetime, timezone
 
-    from . import __version__
-    from . import device as devmod
+    from .. import __version__
+    from ..measure import device as devmod
 
     meta: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -109,14 +109,14 @@ def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
 
 def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict | None = None) -> str:
     if fmt == "markdown":
-        from . import report_markdown
+        from . import markdown as report_markdown
 
         return report_markdown.render(results, meta)
     if fmt == "json":
-        from . import report_json
+        from . import jsondoc as report_json
 
         return report_json.render(results, meta)
-    from . import report_html
+    from . import htmlpage as report_html
 
     return report_html.render(results, meta, trends)
 
@@ -143,13 +143,13 @@ def write_outputs(
     One output failing (a read-only folder, a locked database) never stops the others, and
     never changes the run's outcome: the tests have been judged already.
     """
-    from .baseline import atomic_write_text
+    from ..storage.baseline import atomic_write_text
 
     messages: list[tuple[str, bool]] = []
     trends: dict = {}
     if history is not None:
         try:
-            from .history import open_store
+            from ..storage.history import open_store
 
             store = open_store(history)
             store.append(meta, results)

@@ -12,14 +12,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from . import device as devmod
-from . import verdict as vd
-from .baseline import Entry, process_range
-from .config import Settings
+from ..measure import device as devmod
+from ..engine import verdict as vd
+from ..storage.baseline import Entry, process_range
+from ..config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
 from .session import RunState, entry_from_samples, ns_to_ms
-from .llm import LLMStages
-from .timing import Clock, Measurement, pinned_threads, time_callable
+from ..llm.stages import LLMStages
+from ..measure.timing import Clock, Measurement, pinned_threads, time_callable
 
 #: a block-form stage needs this many runs to be split into a measure and a confirming half
 BLOCK_MIN_SAMPLES = 10
@@ -239,7 +239,7 @@ class LLMCycle(LLMStages):
             self._machine_factor = run.machine_factor(_sample_s(measurement), self.nodeid)
             v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch, spread)
         # Counters are deterministic: a counter that grew is a regression without a re-measure.
-        from . import counters as cnt
+        from ..measure import counters as cnt
 
         changed = cnt.compare(entry.counters, counters) if entry is not None and not mismatch else []
         grew = [c for c in changed if c.increased]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import stats
+from ..engine import stats
 
 
 class ScalingError(AssertionError):

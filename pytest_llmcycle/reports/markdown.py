@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from . import verdict as vd
-from .report import accept_command, distribution_cell, fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
-from .results import COLD, StageResult
+from ..engine import verdict as vd
+from .terminal import accept_command, distribution_cell, fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
+from ..run.results import COLD, StageResult
 
 ICONS = {
     vd.REGRESSED: "❌",

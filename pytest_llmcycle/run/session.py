@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from . import device as devmod
-from .baseline import PROCESS_MEDIANS, Baselines, BaselineError, Entry, merge_into_file, process_medians, process_range
-from .config import Settings
+from ..measure import device as devmod
+from ..storage.baseline import PROCESS_MEDIANS, Baselines, BaselineError, Entry, merge_into_file, process_medians, process_range
+from ..config import Settings
 from .results import StageResult
 
 if TYPE_CHECKING:
@@ -76,9 +76,9 @@ def append_process(stored: Entry | None, new: Entry) -> Entry:
     and it lists each process's median (the last :data:`MAX_PROCESSES`). A stored entry of
     another unit, environment or counters is replaced, not pooled.
     """
-    from . import stats
-    from .baseline import STORED_SAMPLES, round_sig
-    from .verdict import env_mismatch
+    from ..engine import stats
+    from ..storage.baseline import STORED_SAMPLES, round_sig
+    from ..engine.verdict import env_mismatch
 
     own = round_sig(new.median_ms)
     if stored is None or stored.unit != new.unit or env_mismatch(dict(stored.env), dict(new.env)) or (
@@ -101,8 +101,8 @@ def append_process(stored: Entry | None, new: Entry) -> Entry:
 
 
 def entry_from_samples(samples_ms, unit, cold_ms, env, counters=None, extra=None) -> Entry:
-    from . import stats
-    from .baseline import STORED_SAMPLES
+    from ..engine import stats
+    from ..storage.baseline import STORED_SAMPLES
 
     x = stats.sorted_array(samples_ms)  # one sort for the quartiles and the stored samples
     s = stats.summarize(x, presorted=True)
@@ -271,8 +271,9 @@ class RunState:
         sub-millisecond reference slips between them while a 10 ms stage does not). The stored
         reference is the one in ``nodeid``'s baseline file.
         """
-        from . import machine, stats
-        from .timing import pinned_threads
+        from ..measure import machine
+        from ..engine import stats
+        from ..measure.timing import pinned_threads
 
         stored = self.load_baselines(nodeid).reference(self.device_key)
         if stored is None or not self._reference_usable(stored):
@@ -290,14 +291,14 @@ class RunState:
 
     def _reference_usable(self, stored: Entry) -> bool:
         """A reference of another workload, thread count or torch measures another machine speed."""
-        from . import machine
-        from .verdict import env_mismatch
+        from ..measure import machine
+        from ..engine.verdict import env_mismatch
 
         return stored.extra.get("workload") == machine.workload_name() and not env_mismatch(dict(stored.env), self._reference_env())
 
     def reference_entry(self) -> Entry:
-        from . import machine
-        from .timing import pinned_threads
+        from ..measure import machine
+        from ..measure.timing import pinned_threads
 
         with self.timing_lock(), pinned_threads(self.threads):
             m = machine.measure_reference(self.device)

@@ -14,8 +14,8 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
-from .baseline import entries_to_json
-from .results import StageResult
+from ..storage.baseline import entries_to_json
+from ..run.results import StageResult
 
 FORMAT = "pytest-llmcycle-report"
 SCHEMA = 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .steps import Marks
+from ..measure.steps import Marks
 
 PERCENTILES = (50, 90, 99)
 

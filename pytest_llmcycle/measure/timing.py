@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List
 
-from . import stats
+from ..engine import stats
 from .device import device_kind, synchronizer
 
 Clock = Callable[[], int]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import shlex
 from typing import Iterable, Sequence
 
-from . import verdict as vd
-from .baseline import process_medians
-from .results import COLD, CYCLE, STAGE, StageResult
+from ..engine import verdict as vd
+from ..storage.baseline import process_medians
+from ..run.results import COLD, CYCLE, STAGE, StageResult
 
 _ORDER = {o: i for i, o in enumerate(vd.OUTCOMES)}
 
@@ -118,7 +118,7 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         out.append(f"llmcycle: {what} regressed on {r.device_key}")
         b = r.baseline
         if b is not None and r.counters:
-            from .counters import counter_lines
+            from ..measure.counters import counter_lines
 
             out.extend(counter_lines(b.counters, r.counters, r.unit))
         if b is not None:

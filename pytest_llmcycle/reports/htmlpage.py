@@ -13,10 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import verdict as vd
-from .report import fmt_change, fmt_ms, sort_rows, verdict_cell
-from .report_markdown import summary_line
-from .results import COLD, STAGE, StageResult
+from ..engine import verdict as vd
+from .terminal import fmt_change, fmt_ms, sort_rows, verdict_cell
+from .markdown import summary_line
+from ..run.results import COLD, STAGE, StageResult
 
 W, LANE, PAD_L, PAD_R = 680, 26, 80, 50
 COLORS = {
@@ -177,7 +177,7 @@ def timeline(r: StageResult) -> Sequence[float] | None:
 
 
 def _counters(r: StageResult) -> str:
-    from .counters import fmt_count
+    from ..measure.counters import fmt_count
 
     per = "" if r.unit == "call" else f"/{r.unit}"
     return ", ".join(f"{k} {fmt_count(k, v)}{per}" for k, v in r.counters.items() if isinstance(v, (int, float)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from .baseline import Entry
-from .verdict import Verdict
+from ..storage.baseline import Entry
+from ..engine.verdict import Verdict
 
 #: kinds of rows: a timed stage, a test's cycle total, a stage's first (cold) call
 STAGE, CYCLE, COLD = "stage", "cycle", "cold"

@@ -136,7 +136,7 @@ class WorkerHooks:
 
     @pytest.hookimpl(trylast=True)  # after plugin.py's pytest_sessionfinish wrote the updates
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from .plugin import RUN_KEY
+        from ..plugin import RUN_KEY
 
         run = self.config.stash.get(RUN_KEY, None)
         if run is not None:
@@ -152,13 +152,13 @@ class ControllerHooks:
         text = getattr(node, "workeroutput", {}).get(OUTPUT_KEY)
         if not text:  # a worker without timing tests, or one that crashed
             return
-        from .plugin import get_run
+        from ..plugin import get_run
 
         worker = str(getattr(node, "gateway", None) and node.gateway.id or "")
         load_into(get_run(self.config), text, worker)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from .plugin import RUN_KEY
+        from ..plugin import RUN_KEY
 
         run = self.config.stash.get(RUN_KEY, None)
         if run is not None and getattr(run, "write_error", None):

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from . import stats
-from .timing import Clock, TimingPolicy, make_round, run_rounds
+from ..engine import stats
+from ..measure.timing import Clock, TimingPolicy, make_round, run_rounds
 
 
 class SpeedupError(AssertionError):
@@ -81,7 +81,7 @@ class ABResult:
             f"  speedup      {e.ratio:.3f}x (95% CI {e.lo:.3f}x .. {e.hi:.3f}x) = median({self.name_a}) / median({self.name_b})",
         ]
         if self.counters_a and self.counters_b:
-            from .counters import fmt_count
+            from ..measure.counters import fmt_count
 
             for k in sorted(set(self.counters_a) & set(self.counters_b)):
                 lines.append(f"  {k:<12} {fmt_count(k, self.counters_a[k])} vs {fmt_count(k, self.counters_b[k])}")
@@ -120,7 +120,7 @@ def run_ab(
     Each is called once cold, once to size its batch (calls under 100 us are batched), then
     rounds alternate A-B and B-A until the budget is spent or the speedup's median is precise.
     """
-    from .device import synchronizer
+    from ..measure.device import synchronizer
 
     sync = synchronizer(device)
 
