@@ -3,7 +3,8 @@
 A *snapshot* is what one file holds: a baseline file (``.llmcycle/baselines.json``) or a JSON
 report (``--llmcycle-report x.json``), both read into ``(device_key, nodeid, stage) -> Entry``.
 Comparing two snapshots judges each stage's new samples against its old ones exactly as a test
-does (threshold, rank test, bootstrap interval, machine-speed normalisation when both files
+does, with the same rule (:func:`pytest_llmcycle.engine.verdict.decide`: unit and environment,
+counters, threshold, rank test, bootstrap interval, machine-speed normalisation when both files
 carry a reference workload); no re-measure is possible, so the samples must speak for
 themselves. Reads files, never times anything.
 """
@@ -105,6 +106,12 @@ def _load_folder(folder: Path) -> Snapshot:
     return snap
 
 
+def _evidence(entry: Entry | None) -> vd.Evidence | None:
+    if entry is None:
+        return None
+    return vd.Evidence(entry.samples_ms, entry.unit, dict(entry.env), dict(entry.counters), process_range(entry))
+
+
 def shared_device_keys(old: Snapshot, new: Snapshot) -> set:
     return {k for k, _, _ in old.entries} & {k for k, _, _ in new.entries}
 
@@ -141,14 +148,14 @@ def compare(
             v = vd.Verdict(REMOVED, thr, thr, reason=f"only in {old.path.name}")
             rows.append(StageResult(nodeid, stage, dk, v, unit=before.unit, median_ms=None, baseline=before))
             continue
-        if before is None:
-            v = vd.judge(None, after.samples_ms, thr, alpha)
-        elif before.unit != after.unit:
-            v = vd.judge([1.0], after.samples_ms, thr, alpha, None, f"unit changed: {before.unit} -> {after.unit}")
-        else:
-            mismatch = vd.env_mismatch(dict(before.env), dict(after.env))
-            m = machine_factor(old, new, dk)
-            v = vd.judge(list(before.samples_ms), list(after.samples_ms), thr, alpha, m, mismatch, process_range(before))
+        case = vd.Case(
+            _evidence(before),
+            _evidence(after),
+            # stored samples stand as they are: the run that wrote them had its re-measure
+            vd.Rules(thr, alpha, vd.CONFIRM_NOT_NEEDED),
+            machine_factor=machine_factor(old, new, dk),
+        )
+        v = vd.decide(case)
         rows.append(
             StageResult(
                 nodeid, stage, dk, v, unit=after.unit, median_ms=after.median_ms, q1_ms=after.q1_ms, q3_ms=after.q3_ms,

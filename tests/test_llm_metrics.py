@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from pytest_llmcycle.engine import counts
 from pytest_llmcycle.measure import counters as cnt
 from pytest_llmcycle.llm.ab import ABResult, SpeedupError, speedup
 from pytest_llmcycle.llm.decode import by_position, token_call, token_stats
@@ -148,22 +149,22 @@ def test_assert_faster_fails_only_when_the_claim_surely_does_not_hold():
 
 def test_counters_compare_exactly_and_peak_with_tolerance():
     base = {"flops": 1000, "aten_ops": 205, "alloc_bytes": 4096, "peak_bytes": 1_000_000}
-    assert cnt.compare(base, dict(base)) == []
-    assert cnt.compare(base, dict(base, peak_bytes=1_010_000)) == []  # within 2 %
-    changes = cnt.compare(base, dict(base, flops=5000, aten_ops=204, peak_bytes=2_000_000))
+    assert counts.compare(base, dict(base)) == []
+    assert counts.compare(base, dict(base, peak_bytes=1_010_000)) == []  # within 2 %
+    changes = counts.compare(base, dict(base, flops=5000, aten_ops=204, peak_bytes=2_000_000))
     assert [c.name for c in changes] == ["flops", "aten_ops", "peak_bytes"]
-    assert [c.name for c in cnt.regressions(base, dict(base, flops=5000, aten_ops=204))] == ["flops"]
-    assert cnt.compare(base, dict(base, aten_ops=206))[0].ratio == pytest.approx(206 / 205)
+    assert [c.name for c in counts.regressions(base, dict(base, flops=5000, aten_ops=204))] == ["flops"]
+    assert counts.compare(base, dict(base, aten_ops=206))[0].ratio == pytest.approx(206 / 205)
 
 
 def test_counters_missing_on_either_side_are_not_compared():
-    assert cnt.compare({}, {"flops": 1}) == []
-    assert cnt.compare({"flops": 1}, None) == []
-    assert cnt.compare({"flops": 1}, {"aten_ops": 3}) == []
+    assert counts.compare({}, {"flops": 1}) == []
+    assert counts.compare({"flops": 1}, None) == []
+    assert counts.compare({"flops": 1}, {"aten_ops": 3}) == []
 
 
 def test_counter_failure_lines_name_counter_baseline_and_current():
-    lines = cnt.counter_lines({"flops": 720896, "aten_ops": 205}, {"flops": 19594240, "aten_ops": 205}, unit="token")
+    lines = counts.counter_lines({"flops": 720896, "aten_ops": 205}, {"flops": 19594240, "aten_ops": 205}, unit="token")
     assert len(lines) == 1
     line = lines[0]
     assert "flops per token" in line
@@ -181,8 +182,8 @@ def test_counter_delta_per_token_keeps_integers_and_peaks():
 
 
 def test_counter_formatting():
-    assert cnt.fmt_count("alloc_bytes", 3 * 2**20) == "3 MiB"
-    assert cnt.fmt_count("flops", 2.5e9) == "2.5 GFLOP"
-    assert cnt.fmt_count("aten_ops", 205) == "205"
-    assert cnt.fmt_count("peak_bytes", None) == "n/a"
-    assert math.isinf(cnt.CounterChange("flops", 0, 5).ratio)
+    assert counts.fmt_count("alloc_bytes", 3 * 2**20) == "3 MiB"
+    assert counts.fmt_count("flops", 2.5e9) == "2.5 GFLOP"
+    assert counts.fmt_count("aten_ops", 205) == "205"
+    assert counts.fmt_count("peak_bytes", None) == "n/a"
+    assert math.isinf(counts.CounterChange("flops", 0, 5).ratio)

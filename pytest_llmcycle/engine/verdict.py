@@ -14,8 +14,8 @@ threshold cannot be honoured; the stage is gated at its noise instead and the ve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,8 @@ NEW = "new"
 INCONCLUSIVE = "inconclusive"
 NOT_COMPARABLE = "not comparable"
 OUTCOMES = (REGRESSED, INCONCLUSIVE, NOT_COMPARABLE, NEW, IMPROVED, OK)
+#: what decided a verdict (:attr:`Verdict.decided_by`)
+BY_TIME, BY_COUNTERS, BY_UNIT, BY_ENVIRONMENT = "time", "counters", "unit", "environment"
 
 #: Below this the reference workload's drift is its own noise: nothing is normalised. On a
 #: loaded 2-core runner the reference and a stage react differently to the same contention
@@ -53,6 +55,10 @@ class Verdict:
     #: why effective_threshold is above threshold: "noise" (the stage's own) or "processes"
     #: (the baseline's recording processes differ; see judge's process_range); "" when it is not
     gate: str = ""
+    #: what decided the outcome: BY_TIME, BY_COUNTERS, BY_UNIT or BY_ENVIRONMENT ("" for a new stage)
+    decided_by: str = ""
+    #: set while :func:`decide` still needs a measured number (NEEDS_MACHINE, NEEDS_REMEASURE)
+    needs: str = ""
 
     @property
     def change(self) -> float | None:
@@ -309,3 +315,162 @@ def judge_cycle(
     if slower or faster:
         return replace(base, outcome=INCONCLUSIVE, reason=f"cycle {_pct(ratio - 1)} but its 95% CI includes no change")
     return replace(base, reason=f"within {eff_slow * 100:.1f}%{note}")
+
+
+# --------------------------------------------------------------------------- the judging rule
+
+#: How a suspected regression is confirmed before it fails a stage (:attr:`Rules.confirmation`).
+CONFIRM_REMEASURE = "remeasure"  # a second measurement, asked for with Verdict.needs == NEEDS_REMEASURE
+CONFIRM_HALVES = "halves"  # a block's runs: the first half measures, the second confirms
+CONFIRM_NOT_NEEDED = "not needed"  # the samples stand as they are (remeasure=false; stored samples)
+CONFIRM_IMPOSSIBLE = "impossible"  # no way to repeat it (record() without remeasure=): never gated
+#: a block stage needs this many runs to be split into a measure and a confirming half
+BLOCK_MIN_SAMPLES = 10
+
+#: what :func:`decide` asks for before it can give a final verdict (:attr:`Verdict.needs`)
+NEEDS_MACHINE = "machine factor"
+NEEDS_REMEASURE = "re-measure"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One side of a comparison: a stage's samples (ms, any order) and what they were taken under.
+
+    A cycle total is given by ``parts``: ``(weight, samples_ms)`` of each stage it sums, weight
+    being how many of the stage's units one cycle holds.
+    """
+
+    samples_ms: Sequence[float] = ()
+    unit: str = "call"
+    env: Mapping[str, Any] = field(default_factory=dict)
+    counters: Mapping[str, Any] = field(default_factory=dict)
+    #: a baseline's (fastest, slowest) recording process over its median; see :func:`judge`
+    process_range: tuple[float, float] | None = None
+    parts: tuple = ()
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The settings a verdict is judged under."""
+
+    threshold: float = 0.10
+    alpha: float = 0.01
+    confirmation: str = CONFIRM_REMEASURE
+    #: ask for the machine factor (:data:`NEEDS_MACHINE`) when the time looks changed
+    machine_check: bool = False
+    #: recording a baseline (--llmcycle-update): nothing is confirmed, counters new to it are "new"
+    recording: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """Everything one verdict is decided from. The caller adds what :func:`decide` asks for.
+
+    ``machine_factor`` is this machine's speed now over when the baseline was recorded
+    (reference workload; None: unknown). ``remeasured`` is the confirming measurement and
+    ``remeasured_machine_factor`` the machine factor taken with it.
+    """
+
+    baseline: Evidence | None
+    current: Evidence
+    rules: Rules = Rules()
+    machine_factor: float | None = None
+    machine_checked: bool = False
+    remeasured: Evidence | None = None
+    remeasured_machine_factor: float | None = None
+    #: why there is no baseline, when ``baseline`` is None and the default reason does not fit
+    no_baseline_reason: str = ""
+
+
+def decide(case: Case) -> Verdict:
+    """The one judging rule: every stage and cycle outcome, in the plugin and in ``llmcycle compare``.
+
+    In order: comparability (unit, environment), deterministic counters (a counter that grew
+    regresses without a re-measure), time (threshold and noise gating, the recording
+    processes' spread, the machine factor: :func:`judge`, :func:`judge_cycle`), then the
+    confirming re-measure (:func:`confirm`). Pure: when it needs a number that has to be
+    measured, it returns a verdict whose ``needs`` says which (:data:`NEEDS_MACHINE`,
+    :data:`NEEDS_REMEASURE`); the caller measures, adds it to the case and asks again.
+    """
+    r, base, cur = case.rules, case.baseline, case.current
+    if base is None:
+        v = judge(None, cur.samples_ms, r.threshold, r.alpha)
+        return replace(v, reason=case.no_baseline_reason) if case.no_baseline_reason else v
+    if base.unit != cur.unit:
+        return Verdict(
+            NOT_COMPARABLE, r.threshold, r.threshold, decided_by=BY_UNIT,
+            reason=f"unit changed: baseline per {base.unit}, now per {cur.unit}: re-record with --llmcycle-update",
+        )
+    mismatch = env_mismatch(dict(base.env), dict(cur.env))
+    if mismatch:
+        return Verdict(NOT_COMPARABLE, r.threshold, r.threshold, reason=mismatch, decided_by=BY_ENVIRONMENT)
+    if cur.parts:
+        return _decide_cycle(case)
+    from .counts import compare as compare_counters, describe
+
+    changed = compare_counters(base.counters, cur.counters)
+    grew = [c for c in changed if c.increased]
+    v = _time(case, cur, case.machine_factor)
+    if grew:  # deterministic: no machine check, no re-measure can undo it
+        return replace(v, outcome=REGRESSED, reason=describe(grew, cur.unit), decided_by=BY_COUNTERS, needs="")
+    if v.needs:
+        return v
+    v = _confirm(case, v)
+    if v.needs:
+        return v
+    if changed and v.outcome in (OK, INCONCLUSIVE):
+        return replace(
+            v, outcome=IMPROVED, reason=describe(changed, cur.unit) + ": record it with --llmcycle-update", decided_by=BY_COUNTERS,
+        )
+    if r.recording and cur.counters and not base.counters and v.outcome == OK:
+        return replace(v, outcome=NEW, reason="counters not in the baseline yet")
+    return v
+
+
+def _time(case: Case, cur: Evidence, machine_factor: float | None) -> Verdict:
+    """The time verdict of ``cur`` against the baseline; asks for the machine factor when it matters."""
+    r, base = case.rules, case.baseline
+    assert base is not None
+    v = replace(
+        judge(base.samples_ms, cur.samples_ms, r.threshold, r.alpha, machine_factor, None, base.process_range), decided_by=BY_TIME,
+    )
+    if v.outcome in (REGRESSED, IMPROVED) and r.machine_check and not case.machine_checked:
+        return replace(v, needs=NEEDS_MACHINE)
+    return v
+
+
+def _confirm(case: Case, v: Verdict) -> Verdict:
+    """A suspected regression confirmed (or not) as ``case.rules.confirmation`` says."""
+    r = case.rules
+    if v.outcome != REGRESSED or r.recording or r.confirmation == CONFIRM_NOT_NEEDED:
+        return v
+    if r.confirmation == CONFIRM_IMPOSSIBLE:
+        return replace(v, outcome=INCONCLUSIVE, reason=v.reason + "; no re-measure possible, not gated")
+    if r.confirmation == CONFIRM_HALVES:
+        cur = np.asarray(case.current.samples_ms, dtype=float)  # in run order: the halves are early and late runs
+        if len(cur) < BLOCK_MIN_SAMPLES:
+            return replace(
+                v,
+                outcome=INCONCLUSIVE,
+                reason=v.reason + f"; only {len(cur)} run(s) of the block, {BLOCK_MIN_SAMPLES} needed to confirm: not gated",
+            )
+        half = len(cur) // 2
+        first = _time(case, replace(case.current, samples_ms=cur[:half]), case.machine_factor)
+        second = _time(case, replace(case.current, samples_ms=cur[half:]), case.machine_factor)
+        # the halves play measurement and re-measure: both must regress
+        return confirm(first, second) if first.outcome == REGRESSED else confirm(v, first)
+    if case.remeasured is None:
+        return replace(v, needs=NEEDS_REMEASURE)
+    factor = case.remeasured_machine_factor if r.machine_check else case.machine_factor
+    return confirm(v, _time(replace(case, machine_checked=True), case.remeasured, factor))
+
+
+def _decide_cycle(case: Case) -> Verdict:
+    r, base, cur = case.rules, case.baseline, case.current
+    assert base is not None
+    weights = [w for w, _ in cur.parts]
+    v = judge_cycle(
+        [s for _, s in base.parts], [s for _, s in cur.parts], weights, r.threshold, r.alpha, case.machine_factor,
+        base.process_range,
+    )
+    return replace(v, decided_by=BY_TIME)

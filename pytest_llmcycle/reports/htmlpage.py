@@ -177,7 +177,7 @@ def timeline(r: StageResult) -> Sequence[float] | None:
 
 
 def _counters(r: StageResult) -> str:
-    from ..measure.counters import fmt_count
+    from ..engine.counts import fmt_count
 
     per = "" if r.unit == "call" else f"/{r.unit}"
     return ", ".join(f"{k} {fmt_count(k, v)}{per}" for k, v in r.counters.items() if isinstance(v, (int, float)))

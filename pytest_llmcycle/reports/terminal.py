@@ -118,7 +118,7 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         out.append(f"llmcycle: {what} regressed on {r.device_key}")
         b = r.baseline
         if b is not None and r.counters:
-            from ..measure.counters import counter_lines
+            from ..engine.counts import counter_lines
 
             out.extend(counter_lines(b.counters, r.counters, r.unit))
         if b is not None:
