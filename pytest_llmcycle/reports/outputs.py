@@ -46,6 +46,8 @@ def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
         if r.verdict.change is not None:
             props.append((f"{p}.change", round(r.verdict.change, 4)))
         props.append((f"{p}.verdict", r.outcome))
+        if r.test_failed:
+            props.append((f"{p}.test_failed", "true"))
         if r.unit != "call":
             props.append((f"{p}.unit", f"ms/{r.unit}"))
         if r.kind == CYCLE:

@@ -51,6 +51,8 @@ def verdict_cell(r: StageResult) -> str:
         text = "not gated"
     if r.updated:
         text += " (updated)"
+    if r.test_failed:
+        text += " (test failed)"
     if r.verdict.normalised:
         text += " *"
     return text

@@ -43,6 +43,8 @@ class StageResult:
     env: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     updated: bool = False
+    #: measured in a test whose body then raised: shown, never written as a baseline
+    test_failed: bool = False
 
     @property
     def outcome(self) -> str:
@@ -77,6 +79,7 @@ class StageResult:
             "env": dict(self.env),
             "counters": dict(self.counters),
             "updated": self.updated,
+            "test_failed": self.test_failed,
             "verdict": _verdict_dict(self.verdict),
         }
         return d
