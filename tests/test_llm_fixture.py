@@ -374,3 +374,81 @@ def test_decode_keeps_its_per_position_timeline_for_the_html_report(tmp_path, cl
     back = StageResult.from_dict(json.loads(json.dumps(g.decode.to_dict())))
     assert back.timeline_ms == g.decode.timeline_ms
     assert "latency of each generated token, in order" in render(lc.results, {})
+
+
+# ----------------------------------------------------------------------------- the helpers' interface
+
+
+class ListRecorder:
+    """The smallest Recorder: no baselines, no verdicts; it keeps what the helpers record."""
+
+    def __init__(self, clock) -> None:
+        from pytest_llmcycle.config import Settings
+
+        self.device_str = "cpu"
+        self.threads = 1
+        self.clock = clock
+        self.settings = Settings(budget_s=0.05, counters=False)
+        self.recorded: list = []
+
+    def check_stage(self, stage: str) -> None:
+        if stage in [r[0] for r in self.recorded]:
+            raise ValueError(f"stage {stage!r} again")
+
+    def timed_section(self, stage: str):
+        from contextlib import nullcontext
+
+        class NoLimit:
+            def wrap(self, fn):
+                return fn
+
+        return nullcontext(NoLimit())
+
+    def record(self, stage, measurement, *, remeasure=None, dtype=None, cycle_weight=1.0, counters=None):
+        self.recorded.append((stage, measurement.unit, cycle_weight, measurement.median_ns / MS))
+        return stage
+
+
+def test_the_helpers_run_on_any_recorder_not_only_the_fixture(clock):
+    from pytest_llmcycle.llm.stages import LLMStages, Recorder
+
+    rec = ListRecorder(clock)
+    assert isinstance(rec, Recorder)
+    g = LLMStages(rec).tokens(fake_decode(clock, 5), n_tokens=5)
+    # what each stage is, per what unit, and how much of it one cycle holds
+    assert rec.recorded == [("prefill", "call", 1.0, 5.0), ("decode", "token", 4.0, 1.0), ("e2e", "call", 0.0, 9.5)]
+    assert (g.prefill, g.decode, g.e2e) == ("prefill", "decode", "e2e")
+    with pytest.raises(ValueError, match="stage 'prefill' again"):
+        LLMStages(rec).tokens(fake_decode(clock, 5))
+
+
+def test_the_fixture_is_a_recorder_and_shows_each_helper_with_its_own_signature_and_docs(tmp_path):
+    import inspect
+
+    from pytest_llmcycle.llm.stages import LLMStages, Recorder
+
+    lc = make(tmp_path)
+    assert isinstance(lc, Recorder)
+    assert lc.device_str == "cpu"
+    for name in ("generate", "tokens", "train_step", "counted", "scaling", "ab"):
+        mine, helper = getattr(LLMCycle, name), getattr(LLMStages, name)
+        assert inspect.signature(mine) == inspect.signature(helper), name
+        assert mine.__doc__ and mine.__doc__ == helper.__doc__, name
+
+
+def test_the_llm_layer_reaches_the_fixture_only_through_its_interface():
+    """llm/ sits below run/: it never imports from run/ (or the top-level modules) nor reads `_run`."""
+    import ast
+    from pathlib import Path
+
+    import pytest_llmcycle.llm as llm
+
+    for path in sorted(Path(llm.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                top = module.split(".")[0] if node.level == 2 else module.split(".")[1] if module.startswith("pytest_llmcycle.") else ""
+                assert top not in ("run", "plugin", "config", "cli", "compare"), f"{path.name} imports {module}"
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "_run", f"{path.name}:{node.lineno} reaches into the fixture's _run"

@@ -200,6 +200,55 @@ def test_hand_written_loop_gets_the_same_per_token_metrics_and_counters(tmp_path
     assert on.counters["nano prefill"]["flops"] == off.counters["nano-nocache prefill"]["flops"]
 
 
+class TinyGPT(torch.nn.Module):
+    """nanoGPT's shape: ``model(idx)`` returns ``(logits, loss)``, logits for the last position only."""
+
+    def __init__(self, vocab: int = 64, dim: int = 16) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, idx, targets=None):
+        x = self.emb(idx)
+        if targets is None:
+            return self.head(x[:, [-1], :]), None
+        logits = self.head(x)
+        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class TinyGPTWithGenerate(TinyGPT):
+    """nanoGPT's GPT also has a generate() of its own (not Hugging Face's)."""
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return idx
+
+
+def test_the_readme_tokens_example_on_a_model_that_returns_logits_and_loss(tmp_path):
+    """The README's loop as it must read for nanoGPT, whose ``model(x)`` is a tuple ``(logits, loss)``
+    (``model(x)[:, -1]`` indexes the tuple: a TypeError in the user's loop, not something a helper can mend)."""
+    torch.manual_seed(0)
+    model = TinyGPT().eval()
+    idx = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    llmcycle = make(tmp_path)
+
+    def loop(tick):  # called once per measured call
+        x = idx
+        with torch.no_grad():
+            for _ in range(N):
+                logits, _ = model(x)  # nanoGPT returns (logits, loss)
+                tick()  # this token's logits are ready
+                x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+
+    g = llmcycle.tokens(loop, n_tokens=N, prompt_length=idx.shape[1])
+    assert [r.stage for r in llmcycle.results] == ["prefill", "decode", "e2e"]
+    assert g.stats.n_tokens == N and g.prompt_length == 8
+    assert g.counters["prefill"]["flops"] > 0  # the model's matmuls, counted up to the first token
+
+
 def test_compile_costs_stay_out_of_the_steady_state(tmp_path):
     lc = make(tmp_path, counters=False)
     step = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="eager")

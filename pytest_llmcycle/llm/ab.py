@@ -6,7 +6,7 @@ machine: both paths see the same machine at the same moment (rounds alternate A 
     speedup = median(T_A) / median(T_B)        (> 1: B is faster)
 
 Its 95 % interval is the bootstrap interval of that ratio of medians
-(:func:`pytest_llmcycle.stats.ratio_ci`, each side resampled independently, seeded).
+(:func:`pytest_llmcycle.engine.stats.ratio_ci`, each side resampled independently, seeded).
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class ABResult:
             f"  speedup      {e.ratio:.3f}x (95% CI {e.lo:.3f}x .. {e.hi:.3f}x) = median({self.name_a}) / median({self.name_b})",
         ]
         if self.counters_a and self.counters_b:
-            from ..measure.counters import fmt_count
+            from ..engine.counts import fmt_count
 
             for k in sorted(set(self.counters_a) & set(self.counters_b)):
                 lines.append(f"  {k:<12} {fmt_count(k, self.counters_a[k])} vs {fmt_count(k, self.counters_b[k])}")

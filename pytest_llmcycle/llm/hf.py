@@ -37,6 +37,7 @@ class StepMarker(LogitsProcessor):
 
 def prepare_inputs(inputs: Any) -> dict:
     """``generate`` keyword inputs from a token tensor or a tokenizer's output (already on device)."""
+    __tracebackhide__ = True  # a refused argument points at the user's line
     if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
         raise TypeError(
             "llmcycle.generate takes token ids, not text: tokenize outside the timed region, e.g. "
@@ -63,6 +64,7 @@ def generation_kwargs(
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """Pinned-length generation settings: exactly ``max_new_tokens`` tokens every call."""
+    __tracebackhide__ = True  # a refused argument points at the user's line
     extra = dict(extra or {})
     for k, why in _REFUSED.items():
         if k in extra:
@@ -107,6 +109,7 @@ def generate_call(model: Any, inputs: Any, gen_kwargs: dict, processors: list | 
 
 def check_devices(model: Any, inputs: Any, device: str) -> None:
     """Model and inputs on the device the test times on, or a message that says how."""
+    __tracebackhide__ = True  # a refused argument points at the user's line
     try:
         p = next(iter(model.parameters()))
     except (StopIteration, AttributeError, TypeError):

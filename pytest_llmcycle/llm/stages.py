@@ -1,18 +1,93 @@
-"""LLM-specific stages on the ``llmcycle`` fixture (generate, decode, backward, A/B, scaling).
+"""The LLM helpers (generate, decode, backward, A/B, scaling) over a declared :class:`Recorder`.
 
-A mixin: :class:`pytest_llmcycle.fixture.LLMCycle` inherits it, and every method here reaches
-the core through ``self.record(...)``, ``self.settings``, ``self._run.device``, ``self.threads``
-and ``self.clock``. The work lives in the modules it imports lazily (this one is imported
-with the fixture, so it imports neither torch nor numpy at module level):
-``steps`` (marks inside a call), ``decode`` (token metrics), ``counters``, ``hf``,
-``scaling`` and ``ab``.
+:class:`LLMStages` is given a recorder and reaches it only through that interface: a timed
+section, a stage-name check, ``record(...)``, the device, threads, clock and two settings.
+The ``llmcycle`` fixture (:class:`pytest_llmcycle.run.fixture.LLMCycle`) is the recorder in a
+test run and exposes each helper by delegating to an ``LLMStages`` of its own; nothing here
+imports from ``run`` (a lower layer never imports back).
+
+The work lives in the modules imported lazily (this one is imported with the fixture, so it
+imports neither torch nor numpy at module level): ``measure.steps`` (marks inside a call),
+``decode`` (token metrics), ``measure.counters``, ``hf``, ``scaling`` and ``ab``.
 """
 from __future__ import annotations
 
+import inspect
+import math
+import operator
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # for the annotations only: these modules import numpy
+    from ..measure.timing import Clock, Measurement, TimingPolicy
+    from .ab import ABResult
+    from .scaling import ScalingResult
+
+
+class Deadline(Protocol):
+    """A stage's hard limit, as the helpers use it: the timed callable is wrapped so that it
+    stops at its next call once the limit has passed."""
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...
+
+
+class HelperSettings(Protocol):
+    """The settings the helpers read (:class:`pytest_llmcycle.config.Settings` has them)."""
+
+    @property
+    def counters(self) -> bool:
+        """Whether deterministic counters are taken when a call does not say."""
+        ...
+
+    def timing_policy(self) -> TimingPolicy:
+        """The stage's budget, rounds and precision."""
+        ...
+
+
+@runtime_checkable
+class Recorder(Protocol):
+    """What the helpers need from whoever records stages; the ``llmcycle`` fixture provides it."""
+
+    @property
+    def device_str(self) -> str:
+        """The device stages are timed on, as torch spells it ("cpu", "cuda:0", "mps")."""
+        ...
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads a timed or counted call runs on."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The clock stages are timed with (nanoseconds)."""
+        ...
+
+    @property
+    def settings(self) -> HelperSettings: ...
+
+    def check_stage(self, stage: str) -> None:
+        """Raise ValueError for a stage name that is empty or already used in this test."""
+        ...
+
+    def timed_section(self, stage: str) -> ContextManager[Deadline]:
+        """Where every timed measurement runs (the device's lock, pinned threads, the hard limit)."""
+        ...
+
+    def record(
+        self,
+        stage: str,
+        measurement: Measurement,
+        *,
+        remeasure: Callable[[], Measurement] | None = None,
+        dtype: str | None = None,
+        cycle_weight: float = 1.0,
+        counters: dict | None = None,
+    ) -> Any:
+        """Judge a measurement as ``stage`` and keep it; returns the stage's result."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +136,7 @@ class GenerationResult:
         return scaling.fit_power_law(positions, [[c[metric]] for c in self.step_counters], what=f"decode step {metric}", unit="count")
 
     def __str__(self) -> str:
-        from ..measure.counters import PEAK, fmt_count
+        from ..engine.counts import PEAK, fmt_count
 
         lines = [self.stats.table()]
         for stage, c in self.counters.items():
@@ -134,40 +209,133 @@ def _phase(snaps: Sequence[dict], i: int, j: int, per: float = 1.0) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- argument checks
+# Wrong arguments are refused before anything is timed, with the argument, what was given and
+# the fix in one sentence; __tracebackhide__ makes pytest point at the user's line.
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _takes(fn: Callable, n: int) -> bool:
+    """False when ``fn`` surely cannot be called with ``n`` positional arguments."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return True
+    try:
+        sig.bind(*([None] * n))
+    except TypeError:
+        return False
+    return True
+
+
+def _positive(x: Any) -> bool:
+    """A finite number above zero (a numpy or 0-d torch scalar too; not a bool)."""
+    if isinstance(x, (bool, str)):
+        return False
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return False
+    return 0 < v < math.inf
+
+
+def _is_model(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _check_callable(helper: str, arg: str, value: Any, fix: str, takes: str = "") -> None:
+    """``value`` is a callable the helper can call with ``takes`` (one argument) or nothing."""
+    __tracebackhide__ = True
+    head = f"llmcycle.{helper}: {arg} must be a callable"
+    n_args = 1 if takes else 0
+    if not callable(value):
+        raise TypeError(f"{head}: pass {fix} (got {_kind(value)})")
+    if _is_model(value):
+        # a model is callable, but its forward wants inputs the helper cannot know
+        if not _takes(value.forward, n_args):
+            raise TypeError(f"{head} that takes {takes or 'no arguments'}, not a model that needs its inputs: pass {fix}")
+    elif not _takes(value, n_args):
+        raise TypeError(f"{head} that takes {takes or 'no arguments'}: pass {fix}")
+
+
+def _check_count(helper: str, arg: str, value: Any, least: int) -> int:
+    __tracebackhide__ = True
+    try:
+        n = operator.index(value)  # int, numpy integer, 0-d integer tensor; not bool or float
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < least:
+        raise ValueError(f"llmcycle.{helper}: {arg} must be a whole number >= {least}, got {value!r}")
+    return n
+
+
+def _check_stage_name(helper: str, stage: Any, example: str) -> None:
+    __tracebackhide__ = True
+    if not isinstance(stage, str) or not stage.strip():
+        raise TypeError(f"llmcycle.{helper}: the first argument is the stage's name, a non-empty string: {example} (got {_kind(stage)})")
+
+
+def _check_model_generates(model: Any) -> None:
+    __tracebackhide__ = True
+    other = "to time any other model, write its decode loop and use llmcycle.tokens(loop)"
+    if not callable(getattr(model, "generate", None)):
+        raise TypeError(
+            f"llmcycle.generate: model has no .generate() (got {_kind(model)}): pass a Hugging Face model "
+            f"(e.g. AutoModelForCausalLM.from_pretrained(...)); {other}"
+        )
+    if getattr(model, "generation_config", None) is None:
+        # nanoGPT's GPT has a generate() of its own: it takes no logits processors to mark tokens with
+        raise TypeError(
+            f"llmcycle.generate: model.generate is not Hugging Face's (the model has no generation_config); {other}"
+        )
+
+
 class LLMStages:
-    # The attributes the core provides (see fixture.LLMCycle); declared for readers and type checkers.
-    settings: Any
-    clock: Any
-    _run: Any
+    """The LLM helpers, recording through a :class:`Recorder` (in a test: the ``llmcycle`` fixture)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
 
     # ------------------------------------------------------------------ helpers
     def _counting(self, counters: bool | None) -> bool:
-        on = self.settings.counters if counters is None else bool(counters)
+        on = self.recorder.settings.counters if counters is None else bool(counters)
         return on and "torch" in sys.modules
 
-    def _policy(self, budget_s: float | None = None) -> Any:
-        from dataclasses import replace
-
-        p = self.settings.timing_policy()
+    def _policy(self, budget_s: float | None = None) -> TimingPolicy:
+        """The recorder's timing policy, with another budget if one is given."""
+        p = self.recorder.settings.timing_policy()
         return p if budget_s is None else replace(p, budget_s=budget_s)
 
     def _count_marked(self, call: Callable, prepare: Callable | None, what: str) -> list | None:
         """One untimed call under the counters, with a snapshot at its start, each tick and its end."""
         from ..measure.counters import Counting, try_counting
+        from ..measure.timing import pinned_threads
+
+        device = self.recorder.device_str
 
         def run() -> list:
             if prepare is not None:
                 prepare()
-            with Counting(self._run.device) as c:
+            with Counting(device) as c:
                 snaps = [c.snapshot()]
                 call(lambda: snaps.append(c.snapshot()))
                 snaps.append(c.snapshot())
             return snaps
 
+        with pinned_threads(self.recorder.threads):
+            return try_counting(what, run)
+
+    def _count_call(self, what: str, run: Callable[[], Any]) -> dict | None:
+        """One untimed call of ``run`` under the counters, on the recorder's threads."""
+        from ..measure.counters import count_call, try_counting
         from ..measure.timing import pinned_threads
 
-        with pinned_threads(self.threads):  # type: ignore[attr-defined]
-            return try_counting(what, run)
+        with pinned_threads(self.recorder.threads):
+            return try_counting(what, lambda: count_call(run, self.recorder.device_str))
 
     # ------------------------------------------------------------------ per-token decode
     def tokens(
@@ -190,11 +358,15 @@ class LLMStages:
         (``n_tokens``, if given). Records the stages ``prefill`` (per call), ``decode``
         (per token, cycle weight N-1) and ``e2e`` (per call, not added to the cycle).
         """
+        __tracebackhide__ = True
+        _check_callable("tokens", "loop", loop, "`def loop(tick): ...` that calls tick() after each token", takes="tick")
+        if n_tokens is not None:
+            n_tokens = _check_count("tokens", "n_tokens", n_tokens, 1)
         return self._time_tokens(
             loop,
             n_tokens=n_tokens,
-            batch=batch,
-            prompt_length=prompt_length,
+            batch=_check_count("tokens", "batch", batch, 1),
+            prompt_length=_check_count("tokens", "prompt_length", prompt_length, 0),
             name=name,
             counters=counters,
             prepare=_seeder(seed),
@@ -225,10 +397,13 @@ class LLMStages:
         ``num_beams`` says otherwise, with a fresh KV cache each call and the seed reset before
         each call. Other keywords go to ``generate`` (e.g. ``use_cache=False``).
         """
+        __tracebackhide__ = True
+        _check_model_generates(model)
+        max_new_tokens = _check_count("generate", "max_new_tokens", max_new_tokens, 1)
         from . import hf
         from ..measure.device import dtype_of
 
-        hf.check_devices(model, inputs, self._run.device)
+        hf.check_devices(model, inputs, self.recorder.device_str)
         kw = hf.generation_kwargs(model, max_new_tokens, do_sample=do_sample, num_beams=num_beams, extra=generate_kwargs)
         call, prompt_length, batch = hf.generate_call(model, inputs, kw, list(processors or []))
         return self._time_tokens(
@@ -262,20 +437,19 @@ class LLMStages:
         from ..measure.steps import MarkedRun, MarkCountError, time_marked
         from ..measure.timing import Measurement
 
+        rec = self.recorder
         p = _prefix(name)
         stages = (p + "prefill", p + "decode", p + "e2e")
         for s in stages:
-            self._check_stage(s)  # type: ignore[attr-defined]
-        if n_tokens is not None and n_tokens < 1:
-            raise ValueError("n_tokens must be >= 1")
+            rec.check_stage(s)
 
         def call(tick: Callable[[], None]) -> Any:
             with _grad_context(inference_mode):
                 return loop(tick)
 
         def take() -> MarkedRun:
-            with self.timed_section(name or "decode") as deadline:  # type: ignore[attr-defined]
-                return time_marked(deadline.wrap(call), self._run.device, self._policy(), self.clock, prepare=prepare, expected=n_tokens, what=what)
+            with rec.timed_section(name or "decode") as deadline:
+                return time_marked(deadline.wrap(call), rec.device_str, self._policy(), rec.clock, prepare=prepare, expected=n_tokens, what=what)
 
         def split(run: MarkedRun) -> dict:
             calls = [decode.token_call(m) for m in run.calls]
@@ -315,16 +489,16 @@ class LLMStages:
                 counted[stages[2]] = _phase(snaps, 0, n + 1)
 
         results = {}
-        results["prefill"] = self.record(  # type: ignore[attr-defined]
+        results["prefill"] = rec.record(
             stages[0], parts["prefill"], remeasure=lambda: again.get()["prefill"], dtype=dtype,
             cycle_weight=1.0, counters=counted.get(stages[0]),
         )
         if "decode" in parts:
-            results["decode"] = self.record(  # type: ignore[attr-defined]
+            results["decode"] = rec.record(
                 stages[1], parts["decode"], remeasure=lambda: again.get()["decode"], dtype=dtype,
                 cycle_weight=float(n - 1), counters=counted.get(stages[1]),
             )
-        results["e2e"] = self.record(  # type: ignore[attr-defined]
+        results["e2e"] = rec.record(
             stages[2], parts["e2e"], remeasure=lambda: again.get()["e2e"], dtype=dtype,
             cycle_weight=0.0, counters=counted.get(stages[2]),
         )
@@ -361,14 +535,19 @@ class LLMStages:
         before each step, outside the timed region. On CUDA each phase boundary is a device
         event; the host synchronizes once per step.
         """
+        __tracebackhide__ = True
+        _check_callable("train_step", "loss_fn", loss_fn, "`lambda: model(**batch).loss`")
+        if optimizer is not None and not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"llmcycle.train_step: optimizer must have .step(), e.g. torch.optim.AdamW(model.parameters()) (got {_kind(optimizer)})")
         from ..measure.device import dtype_of
         from ..measure.steps import MarkedRun, time_marked
         from ..measure.timing import Measurement
 
+        rec = self.recorder
         p = _prefix(name)
         names = [p + "forward", p + "backward"] + ([p + "optimizer"] if optimizer is not None else [])
         for s in names:
-            self._check_stage(s)  # type: ignore[attr-defined]
+            rec.check_stage(s)
         seeder = _seeder(seed)
 
         def prepare() -> None:
@@ -388,8 +567,8 @@ class LLMStages:
                 tick()
 
         def take() -> MarkedRun:
-            with self.timed_section(name or "train_step") as deadline:  # type: ignore[attr-defined]
-                return time_marked(deadline.wrap(call), self._run.device, self._policy(), self.clock, prepare=prepare, expected=len(names), what="phase")
+            with rec.timed_section(name or "train_step") as deadline:
+                return time_marked(deadline.wrap(call), rec.device_str, self._policy(), rec.clock, prepare=prepare, expected=len(names), what="phase")
 
         def split(run: MarkedRun) -> dict:
             def phases(m: Any) -> list:
@@ -414,9 +593,7 @@ class LLMStages:
                 counted = {s: _phase(snaps, i, i + 1) for i, s in enumerate(names)}
         dt = dtype or (dtype_of(model) if model is not None else None)
         res = [
-            self.record(  # type: ignore[attr-defined]
-                s, parts[s], remeasure=(lambda s=s: again.get()[s]), dtype=dt, cycle_weight=1.0, counters=counted.get(s)
-            )
+            rec.record(s, parts[s], remeasure=(lambda s=s: again.get()[s]), dtype=dt, cycle_weight=1.0, counters=counted.get(s))
             for s in names
         ]
         return TrainStepResult(res[0], res[1], res[2] if optimizer is not None else None, counted)
@@ -433,28 +610,26 @@ class LLMStages:
         cycle: bool = True,
     ) -> Any:
         """``measure(stage, fn)`` plus deterministic counters (one extra, untimed call)."""
-        from ..measure.counters import count_call, try_counting
+        __tracebackhide__ = True
+        _check_stage_name("counted", stage, 'llmcycle.counted("forward", lambda: model(ids))')
+        _check_callable("counted", "fn", fn, "`lambda: model(ids)`")
         from ..measure.device import dtype_of
-        from ..measure.timing import pinned_threads, time_callable
+        from ..measure.timing import time_callable
 
-        self._check_stage(stage)  # type: ignore[attr-defined]
+        rec = self.recorder
+        rec.check_stage(stage)
 
         def run() -> Any:
             with _grad_context(inference_mode):
                 return fn()
 
         def take() -> Any:
-            with self.timed_section(stage) as deadline:  # type: ignore[attr-defined]
-                return time_callable(deadline.wrap(run), self._run.device, self._policy(), self.clock)
+            with rec.timed_section(stage) as deadline:
+                return time_callable(deadline.wrap(run), rec.device_str, self._policy(), rec.clock)
 
         m = take()
-        c = None
-        if self._counting(counters):
-            with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                c = try_counting(stage, lambda: count_call(run, self._run.device))
-        return self.record(  # type: ignore[attr-defined]
-            stage, m, remeasure=take, dtype=dtype or dtype_of(fn), cycle_weight=1.0 if cycle else 0.0, counters=c
-        )
+        c = self._count_call(stage, run) if self._counting(counters) else None
+        return rec.record(stage, m, remeasure=take, dtype=dtype or dtype_of(fn), cycle_weight=1.0 if cycle else 0.0, counters=c)
 
     # ------------------------------------------------------------------ scaling
     def scaling(
@@ -466,43 +641,54 @@ class LLMStages:
         counters: bool | None = None,
         record: bool = False,
         inference_mode: bool = False,
-    ) -> Any:
-        """Time ``make(size)()`` for each size; returns a :class:`~pytest_llmcycle.scaling.ScalingResult`.
+    ) -> ScalingResult:
+        """Time ``make(size)()`` for each size; returns a :class:`~pytest_llmcycle.llm.scaling.ScalingResult`.
 
         ``make(size)`` builds the inputs (untimed) and returns the callable to time. The stage
         budget is shared by the sizes. ``record=True`` also records each size as a stage
         ``"<stage>[<size>]"`` against its baseline (left out of the cycle total).
         """
-        from ..measure.counters import count_call, try_counting
-        from .scaling import ScalingResult
-        from ..measure.timing import pinned_threads, time_callable
-
-        sizes = list(sizes)
+        __tracebackhide__ = True
+        fix = "`lambda n: (lambda: model(ids[:, :n]))`"
+        _check_stage_name("scaling", stage, 'llmcycle.scaling("prefill", lambda n: (lambda: model(ids[:, :n])), [16, 32, 64])')
+        _check_callable("scaling", "make", make, f"{fix}: it builds the inputs for a size and returns the call to time", takes="the size")
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise TypeError(f"llmcycle.scaling: sizes must be a list of sizes, e.g. [16, 32, 64] (got {_kind(sizes)})") from None
         if len(set(sizes)) < 2:
-            raise ValueError("scaling needs at least two different sizes")
-        policy = self._policy(self.settings.budget_s / len(sizes))
+            raise ValueError("llmcycle.scaling needs at least two different sizes, e.g. [16, 32, 64]")
+        if not all(_positive(s) for s in sizes):
+            raise ValueError(f"llmcycle.scaling: sizes must be positive numbers (e.g. prompt lengths), got {sizes!r}")
+        from .scaling import ScalingResult
+        from ..measure.timing import time_callable
+
+        rec = self.recorder
+        policy = self._policy(self._policy().budget_s / len(sizes))  # the stage budget, shared
         samples, counted, results = [], [], []
         for size in sizes:
             fn = make(size)
+            if not callable(fn):
+                raise TypeError(
+                    f"llmcycle.scaling: make(size) must return the callable to time, not its result: pass {fix} "
+                    f"(make({size!r}) returned {_kind(fn)})"
+                )
 
             def run(fn: Callable[[], Any] = fn) -> Any:
                 with _grad_context(inference_mode):
                     return fn()
 
             def take(run: Callable[[], Any] = run) -> Any:
-                with self.timed_section(stage) as deadline:  # type: ignore[attr-defined]
-                    return time_callable(deadline.wrap(run), self._run.device, policy, self.clock)
+                with rec.timed_section(stage) as deadline:
+                    return time_callable(deadline.wrap(run), rec.device_str, policy, rec.clock)
 
             m = take()
-            c = None
-            if self._counting(counters):
-                with pinned_threads(self.threads):  # type: ignore[attr-defined]
-                    c = try_counting(f"{stage}[{size}]", lambda run=run: count_call(run, self._run.device))
+            c = self._count_call(f"{stage}[{size}]", run) if self._counting(counters) else None
             samples.append(tuple(s / 1e6 for s in m.samples_ns))
             if c is not None:
                 counted.append(c)
             if record:
-                results.append(self.record(f"{stage}[{size}]", m, remeasure=take, cycle_weight=0.0, counters=c))  # type: ignore[attr-defined]
+                results.append(rec.record(f"{stage}[{size}]", m, remeasure=take, cycle_weight=0.0, counters=c))
         return ScalingResult(
             stage=stage,
             sizes=tuple(float(s) for s in sizes),
@@ -521,19 +707,22 @@ class LLMStages:
         counters: bool = False,
         budget: float | None = None,
         inference_mode: bool = False,
-    ) -> Any:
-        """Time ``a`` and ``b`` interleaved in this process; returns an :class:`~pytest_llmcycle.ab.ABResult`.
+    ) -> ABResult:
+        """Time ``a`` and ``b`` interleaved in this process; returns an :class:`~pytest_llmcycle.llm.ab.ABResult`.
 
         ``result.speedup`` is median(A) / median(B) with a bootstrap 95 % interval
         (``result.ci``); ``result.assert_faster(1.3)`` fails when B is surely less than
         1.3x faster. Nothing is stored: no baseline is needed. ``budget`` (seconds, default
         twice the stage budget) is shared by both.
         """
+        __tracebackhide__ = True
+        _check_callable("ab", "a", a, "`lambda: model(ids)`")
+        _check_callable("ab", "b", b, "`lambda: model(ids)`")
+        if isinstance(names, str) or len(names) != 2 or names[0] == names[1]:
+            raise ValueError(f"llmcycle.ab: names must be two different labels, e.g. names=('eager', 'sdpa') (got {names!r})")
+        if budget is not None and not _positive(budget):
+            raise ValueError(f"llmcycle.ab: budget is in seconds and must be positive, e.g. budget=2.0 (got {budget!r})")
         from .ab import ABResult, run_ab
-        from ..measure.counters import count_call, try_counting
-
-        if len(names) != 2 or names[0] == names[1]:
-            raise ValueError("names must be two different labels, e.g. names=('eager', 'sdpa')")
 
         def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
             def run() -> Any:
@@ -542,14 +731,15 @@ class LLMStages:
 
             return run
 
+        rec = self.recorder
         ra, rb = wrap(a), wrap(b)
-        policy = self._policy(budget if budget is not None else 2 * self.settings.budget_s)
-        with self.timed_section("/".join(names)) as deadline:  # type: ignore[attr-defined]
-            sa, sb, ca, cb = run_ab(deadline.wrap(ra), deadline.wrap(rb), self._run.device, policy, self.clock)
+        policy = self._policy(float(budget) if budget is not None else 2 * self._policy().budget_s)
+        with rec.timed_section("/".join(names)) as deadline:
+            sa, sb, ca, cb = run_ab(deadline.wrap(ra), deadline.wrap(rb), rec.device_str, policy, rec.clock)
             cnt_a = cnt_b = None
             if counters and "torch" in sys.modules:
-                cnt_a = try_counting(names[0], lambda: count_call(ra, self._run.device))
-                cnt_b = try_counting(names[1], lambda: count_call(rb, self._run.device))
+                cnt_a = self._count_call(names[0], ra)
+                cnt_b = self._count_call(names[1], rb)
         return ABResult(
             name_a=str(names[0]),
             name_b=str(names[1]),
