@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytest_llmcycle.engine import verdict as vd  # noqa: E402
 from pytest_llmcycle.storage.baseline import Baselines, Entry, merge_into_file  # noqa: E402
 from pytest_llmcycle.run.results import COLD, CYCLE, StageResult  # noqa: E402
-from pytest_llmcycle.run.session import entry_from_samples  # noqa: E402
+from pytest_llmcycle.storage.baseline import entry_from_samples  # noqa: E402
 
 STAGES_PER_TEST = 4
 ENV = {"threads": 2, "torch": "2.13.0", "dtype": "float32", "device_name": "AMD EPYC"}

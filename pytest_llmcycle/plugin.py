@@ -11,12 +11,7 @@ from typing import Any
 import pytest
 
 from .config import MARKER_ARGS, SettingError, Settings, for_marker, resolve
-
-SETTINGS_KEY = pytest.StashKey[Settings]()
-RUN_KEY = pytest.StashKey[Any]()  # RunState, created when the first timing test is collected
-FIXTURE_KEY = pytest.StashKey[Any]()  # the test's LLMCycle object
-OUTPUTS_KEY = pytest.StashKey[Any]()  # report/history paths, then the messages their writing left
-PARALLEL_KEY = pytest.StashKey[dict]()  # stage limit and xdist worker facts, for RunState
+from .run.keys import FIXTURE_KEY, OUTPUTS_KEY, PARALLEL_KEY, RUN_KEY, SETTINGS_KEY, get_run
 
 # (setting, flag, ini help, metavar/action)
 _OPTIONS = [
@@ -223,16 +218,6 @@ def item_settings(item: pytest.Item) -> Settings:
     return for_marker(settings, kwargs, item.nodeid)
 
 
-def get_run(config: pytest.Config) -> Any:
-    run = config.stash.get(RUN_KEY, None)
-    if run is None:
-        from .run.session import RunState
-
-        run = RunState(config.stash[SETTINGS_KEY], config.rootpath, **config.stash.get(PARALLEL_KEY, {}))
-        config.stash[RUN_KEY] = run
-    return run
-
-
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: tests that will not run cost nothing
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     skip, only = config.getoption("llmcycle_skip"), config.getoption("llmcycle_only")
@@ -259,7 +244,7 @@ def prepare_run(config: pytest.Config) -> Any:
 
     run = get_run(config)
     try:
-        run.preload()
+        run.baselines.preload()
     except BaselineError as e:
         raise pytest.UsageError(str(e)) from None
     try:
@@ -267,7 +252,7 @@ def prepare_run(config: pytest.Config) -> Any:
     except ValueError as e:
         raise pytest.UsageError(f"--llmcycle-device: {e}") from None
     if run.settings.update:
-        problem = run.check_writable()
+        problem = run.baselines.check_writable()
         if problem:
             raise pytest.UsageError(f"{problem}; choose another location with --llmcycle-baseline")
     return run

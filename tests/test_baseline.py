@@ -357,7 +357,7 @@ def test_the_lock_file_lives_outside_the_repository(tmp_path):
 
 
 def test_appending_processes_pools_samples_and_lists_each_processs_median():
-    from pytest_llmcycle.run.session import PROCESS_MEDIANS, append_process, entry_from_samples, process_range
+    from pytest_llmcycle.storage.baseline import PROCESS_MEDIANS, append_process, entry_from_samples, process_range
 
     env = {"threads": 1, "torch": "2.13.0"}
     first = append_process(None, entry_from_samples([10.0 + i / 100 for i in range(100)], "call", None, env))
@@ -379,7 +379,7 @@ def test_appending_processes_pools_samples_and_lists_each_processs_median():
 
 
 def test_appending_to_an_entry_of_another_environment_replaces_it():
-    from pytest_llmcycle.run.session import PROCESS_MEDIANS, append_process, entry_from_samples
+    from pytest_llmcycle.storage.baseline import PROCESS_MEDIANS, append_process, entry_from_samples
 
     old = append_process(None, entry_from_samples([10.0] * 10, "call", None, {"threads": 2}))
     new = append_process(old, entry_from_samples([5.0] * 10, "call", None, {"threads": 1}))
@@ -389,7 +389,7 @@ def test_appending_to_an_entry_of_another_environment_replaces_it():
 
 
 def test_a_hand_edited_process_list_is_ignored_not_trusted():
-    from pytest_llmcycle.run.session import process_range
+    from pytest_llmcycle.storage.baseline import process_range
 
     for bad in ("fast", [10.0], [10.0, "x"], [0, -1.0], [True, 12.0]):
         e = Entry(10.0, 9.0, 11.0, 3, (9.0, 10.0, 11.0), extra={"process_medians_ms": bad})

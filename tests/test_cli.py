@@ -16,7 +16,7 @@ from pytest_llmcycle import cli
 from pytest_llmcycle.engine import verdict as vd
 from pytest_llmcycle.storage.baseline import Baselines, Entry
 from pytest_llmcycle.reports.jsondoc import render as render_report
-from pytest_llmcycle.run.session import entry_from_samples
+from pytest_llmcycle.storage.baseline import entry_from_samples
 from pytest_llmcycle.run.results import StageResult
 
 KEY = "cpu-test"
@@ -297,7 +297,7 @@ def test_prune_a_folder_prunes_every_module_file(tmp_path, capsys):
 
 
 def test_compare_allows_for_the_old_baselines_recording_processes(tmp_path, capsys):
-    from pytest_llmcycle.run.session import append_process
+    from pytest_llmcycle.storage.baseline import append_process
 
     old = Baselines(tmp_path / "old.json")
     e = append_process(None, entry_from_samples(samples(10.0), "call", None, ENV))

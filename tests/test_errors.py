@@ -261,7 +261,7 @@ def test_min_rounds_above_max_rounds_is_refused(project):
     ],
 )
 def test_a_module_becomes_a_plain_file_name(nodeid, stem):
-    from pytest_llmcycle.run.session import module_file_stem
+    from pytest_llmcycle.storage.baseline import module_file_stem
 
     assert module_file_stem(nodeid) == stem
     assert "/" not in stem and "\\" not in stem and not stem.startswith(".")

@@ -17,7 +17,7 @@ FAST = ("--llmcycle-device", "cpu", "--llmcycle-budget", "0.05", "--llmcycle-min
 LOCK_IS_FREE = """
 def test_lock_is_free():
     import subprocess, sys
-    from pytest_llmcycle.run.session import timing_lock_path
+    from pytest_llmcycle.measure.lock import timing_lock_path
     code = "import sys; from filelock import FileLock; FileLock(sys.argv[1]).acquire(timeout=0)"
     assert subprocess.run([sys.executable, "-c", code, timing_lock_path("cpu")]).returncode == 0
 """

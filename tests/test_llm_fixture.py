@@ -237,7 +237,7 @@ def test_scaling_over_sizes_with_a_fake_quadratic_cost(tmp_path, clock):
 def _write_baseline(lc: LLMCycle, stage: str, samples_ms, counters, unit="call"):
     e = Entry(1.0, 1.0, 1.0, len(samples_ms), tuple(samples_ms), unit=unit, env=lc.environment(None), counters=counters)
     merge_into_file(lc._run.baseline_path, [(lc.device_key, lc.nodeid, stage, e)])
-    lc._run.forget_loaded()  # re-read
+    lc._run.baselines.forget_loaded()  # re-read
 
 
 def _measurement(ms_values, unit="call"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmcycle.storage.baseline import Baselines, merge_into_file
-from pytest_llmcycle.run.session import entry_from_samples
+from pytest_llmcycle.storage.baseline import entry_from_samples
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -120,7 +120,7 @@ def test_one_stage_update_is_a_small_diff_inside_that_entry(repo):
 
 def test_two_runs_appending_at_once_both_count(tmp_path):
     """--llmcycle-update-append pools with the entry stored when the file is written, under its lock."""
-    from pytest_llmcycle.run.session import PROCESS_MEDIANS, append_process, entry_from_samples
+    from pytest_llmcycle.storage.baseline import PROCESS_MEDIANS, append_process, entry_from_samples
 
     path = tmp_path / "b.json"
     first = append_process(None, entry_from_samples([10.0] * 20, "call", None, ENV))

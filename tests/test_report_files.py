@@ -23,7 +23,7 @@ from pytest_llmcycle.engine import verdict as vd
 from pytest_llmcycle.storage.baseline import Entry
 from pytest_llmcycle.reports.outputs import junit_properties
 from pytest_llmcycle.run.results import COLD, CYCLE, StageResult
-from pytest_llmcycle.run.session import entry_from_samples
+from pytest_llmcycle.storage.baseline import entry_from_samples
 
 META = {"device_key": "cpu-test", "threads": 1, "torch": "9.9", "python": "3.x", "settings": {"threshold": 0.1}}
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from pytest_llmcycle.measure import device as devmod
 from pytest_llmcycle.run import xdist
 from pytest_llmcycle.storage.baseline import Entry
 from pytest_llmcycle.config import Settings
@@ -39,14 +40,14 @@ FAST = ("--llmcycle-device", "cpu", "--llmcycle-budget", "0.05", "--llmcycle-min
     ],
 )
 def test_worker_k_gets_gpu_k_mod_the_gpu_count(spec, worker, count, expected):
-    assert xdist.worker_device(spec, worker, count) == expected
+    assert devmod.worker_device(spec, worker, count) == expected
 
 
 def test_a_pinned_worker_resolves_its_gpu_and_makes_it_current(monkeypatch):
     import torch
 
     chosen = []
-    monkeypatch.setattr(xdist, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(devmod, "cuda_device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr("pytest_llmcycle.measure.device.resolve_device", lambda spec: spec)  # no CUDA here to check
     run = RunState(Settings(device="cuda"), ".", worker_index=3, worker_count=4, pin_gpus=True)
@@ -91,7 +92,7 @@ def test_a_result_survives_to_dict_and_back():
 
 def test_a_workers_payload_carries_whatever_a_test_counted(tmp_path):
     worker = RunState(Settings(), tmp_path)
-    worker._device, worker._device_key = "cpu", "cpu-x"
+    worker.adopt_device("cpu", "cpu-x")
     worker.results = [a_result(counters={"tokens": np.int64(32), "ids": {1, 2}}), a_result(nodeid="t.py::a")]
     worker.written = ["cpu-x t.py::a forward"]
     worker.write_error = "baselines NOT written: disk full"
@@ -188,7 +189,7 @@ UNTIMED_ALONGSIDE = """
 import os, time, pytest
 from pathlib import Path
 from filelock import FileLock, Timeout
-from pytest_llmcycle.run.session import timing_lock_path
+from pytest_llmcycle.measure.lock import timing_lock_path
 
 LOG = Path(os.environ["LLMCYCLE_TEST_DIR"])
 
@@ -286,7 +287,7 @@ def test_a_run_without_xdist_registers_nothing_of_it(pytester):
 
 @pytest.mark.timeout(60)
 def test_gpu_pinning_on_a_machine_without_gpus_times_on_the_cpu(pytester):
-    if xdist.cuda_device_count():
+    if devmod.cuda_device_count():
         pytest.skip("this machine has a GPU")
     pytester.makepyfile("import time\ndef test_x(llmcycle):\n    llmcycle.measure('s', lambda: time.sleep(0.001))\n"
                         "    assert str(llmcycle._run.device) == 'cpu'\n")
@@ -297,7 +298,7 @@ def test_gpu_pinning_on_a_machine_without_gpus_times_on_the_cpu(pytester):
 @pytest.mark.timeout(60)
 def test_a_workers_failed_baseline_write_fails_the_run_and_is_shown_once(pytester):
     pytester.makeconftest(
-        "import pytest_llmcycle.run.session as s\n"
+        "import pytest_llmcycle.storage.baseline as s\n"
         "def broken(*a, **k):\n    raise OSError('disk full')\n"
         "s.merge_into_file = broken\n"
     )

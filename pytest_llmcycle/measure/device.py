@@ -66,6 +66,37 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
+def worker_device(spec: str, worker_index: int, device_count: int) -> str:
+    """The device xdist worker ``worker_index`` times on under ``--llmcycle-xdist-gpus``.
+
+    Worker k gets GPU ``k % device_count``, so with as many workers as GPUs every GPU times
+    side by side. Only ``cuda`` and ``auto`` are spread; ``cuda:N``, ``cpu`` and ``mps`` stay as
+    given, and so does everything on a machine without CUDA devices.
+    """
+    if spec in ("cuda", "auto") and device_count > 0:
+        return f"cuda:{worker_index % device_count}"
+    return spec
+
+
+def cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pin_worker_device(spec: str, worker_index: int) -> str:
+    """:func:`worker_device` for this machine; also makes it torch's current CUDA device, so
+    test code that says ``"cuda"`` lands on the same GPU as ``llmcycle.device``."""
+    pinned = worker_device(spec, worker_index, cuda_device_count())
+    if pinned != spec:
+        import torch
+
+        torch.cuda.set_device(pinned)
+    return pinned
+
+
 def device_kind(device: str) -> str:
     return device.split(":")[0]
 

@@ -3,15 +3,22 @@
 Its median is stored with the baselines of each device key. When a stage looks slower, the
 reference is timed again; if it got slower too, the machine (a noisy neighbour, a slower
 runner of the same class) moved, not the code, and the verdict normalises or abstains.
+
+Owns the workload, timing it, the entry stored for it, whether a stored one still measures
+this machine, and the factor between now and then. The stored entry and the device's timing
+lock are handed in: no baseline file and no pytest object is read here.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
-from .device import device_kind
-from .timing import Measurement, TimingPolicy, time_callable
+from ..engine import stats
+from ..engine.verdict import env_mismatch
+from ..storage.baseline import Entry, entry_from_samples, ns_to_ms
+from .device import device_kind, library_versions
+from .timing import Measurement, TimingPolicy, pinned_threads, time_callable
 
 #: Bump when the workload changes: a stored reference of another workload is ignored.
 WORKLOAD = "matmul-mlp-v1"
@@ -69,3 +76,40 @@ def measure_reference(device: str, clock=None, sample_s: float = 0.0) -> Measure
 
 def workload_name() -> str:
     return WORKLOAD + ("-torch" if "torch" in sys.modules else "-python")
+
+
+def reference_env(threads: int) -> dict:
+    """What a reference is comparable under: the thread count and torch's version."""
+    env: dict[str, Any] = {"threads": threads}
+    versions = library_versions()
+    if "torch" in versions:
+        env["torch"] = versions["torch"]
+    return env
+
+
+def reference_usable(stored: Entry, threads: int) -> bool:
+    """A reference of another workload, thread count or torch measures another machine speed."""
+    return stored.extra.get("workload") == workload_name() and not env_mismatch(dict(stored.env), reference_env(threads))
+
+
+def reference_entry(device: str, threads: int, lock: ContextManager[Any]) -> Entry:
+    """The reference timed now on ``device`` (holding ``lock``, the device's timing lock), as stored."""
+    with lock, pinned_threads(threads):
+        m = measure_reference(device)
+    return entry_from_samples(ns_to_ms(m.samples_ns), "call", None, reference_env(threads), extra={"workload": workload_name()})
+
+
+def machine_factor(
+    stored: Entry | None, device: str, threads: int, lock: ContextManager[Any], sample_s: float = 0.0
+) -> float | None:
+    """Current / stored median of the reference workload, or None without a usable stored one.
+
+    ``sample_s`` is how long one sample of the suspect stage lasts: the reference is timed
+    in batches that long, so a busy neighbour's time slices interrupt both alike (a
+    sub-millisecond reference slips between them while a 10 ms stage does not).
+    """
+    if stored is None or not reference_usable(stored, threads):
+        return None
+    with lock, pinned_threads(threads):
+        m = measure_reference(device, sample_s=sample_s)
+    return stats.summarize(ns_to_ms(m.samples_ns)).median / stored.median_ms

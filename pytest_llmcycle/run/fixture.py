@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator
 
 from ..measure import device as devmod
 from ..engine import verdict as vd
-from ..storage.baseline import Entry, process_range
+from ..storage.baseline import Entry, entry_from_samples, ns_to_ms, process_range
 from ..config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
-from .session import RunState, entry_from_samples, ns_to_ms
+from .session import RunState
 from ..llm.stages import LLMStages
 from ..measure.timing import Clock, Measurement, pinned_threads, time_callable
 

@@ -1,4 +1,6 @@
-"""The committed baseline file: format, keys, validation and atomic, merging writes.
+"""The committed baseline file: format, keys, validation and atomic, merging writes; how a
+stage's samples become an entry (and how ``--llmcycle-update-append`` pools processes); which
+file holds a test (one file, or one per test module with ``{module}`` in the path).
 
 Layout (schema 1), keys sorted, one field a line, samples on one line so that a PR diff shows
 exactly which stage moved::
@@ -25,10 +27,13 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from json.encoder import encode_basestring_ascii as _encode_str  # what json.dumps uses for str
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA_VERSION = 1
 ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytest --llmcycle-update"
@@ -161,6 +166,82 @@ class Entry:
             counters=dict(d.get("counters", {})),
             extra={k: v for k, v in d.items() if k not in known},
         )
+
+
+# --------------------------------------------------------------------------- making entries
+# numpy (engine.stats) and the verdict rules load inside these functions: this module is read
+# by the plugin and the CLI in runs that time nothing.
+
+
+def ns_to_ms(samples: Any) -> "np.ndarray":
+    """Nanosecond samples as a float array of milliseconds (the verdicts and summaries read
+    arrays: no list of Python floats is built only to be converted again)."""
+    import numpy as np
+
+    return np.asarray(samples, dtype=float) / 1e6
+
+
+def entry_from_samples(
+    samples_ms: Any,
+    unit: str,
+    cold_ms: float | None,
+    env: Mapping[str, Any],
+    counters: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Entry:
+    """The entry stored for a stage measured as ``samples_ms``: its median and quartiles, and
+    :data:`STORED_SAMPLES` of its samples spread over their range."""
+    from ..engine import stats
+
+    x = stats.sorted_array(samples_ms)  # one sort for the quartiles and the stored samples
+    s = stats.summarize(x, presorted=True)
+    return Entry(
+        median_ms=s.median,
+        q1_ms=s.q1,
+        q3_ms=s.q3,
+        n=s.n,
+        samples_ms=tuple(stats.thin(x, STORED_SAMPLES, presorted=True)),
+        unit=unit,
+        cold_ms=cold_ms,
+        env=env,
+        counters=counters or {},
+        extra=extra or {},
+    )
+
+
+#: the most recent recording processes an entry remembers
+MAX_PROCESSES = 8
+
+
+def append_process(stored: Entry | None, new: Entry) -> Entry:
+    """``new`` added to ``stored`` as one more recording process.
+
+    The stored samples stand for the k processes recorded so far, so the new process gets
+    1/(k+1) of the pooled 64 samples; the entry's median and quartiles are the pooled sample's,
+    and it lists each process's median (the last :data:`MAX_PROCESSES`). A stored entry of
+    another unit, environment or counters is replaced, not pooled.
+    """
+    from ..engine import stats
+    from ..engine.verdict import env_mismatch
+
+    own = round_sig(new.median_ms)
+    if stored is None or stored.unit != new.unit or env_mismatch(dict(stored.env), dict(new.env)) or (
+        dict(stored.counters) != dict(new.counters)
+    ):
+        return replace(new, extra={**new.extra, PROCESS_MEDIANS: [own]})
+    medians = process_medians(stored) or [round_sig(stored.median_ms)]
+    share = max(1, round(STORED_SAMPLES / len(medians)))
+    pooled = stats.sorted_array(list(stored.samples_ms) + stats.thin(new.samples_ms, share))
+    s = stats.summarize(pooled, presorted=True)
+    return replace(
+        new,
+        median_ms=s.median,
+        q1_ms=s.q1,
+        q3_ms=s.q3,
+        n=stored.n + new.n,
+        samples_ms=tuple(stats.thin(pooled, STORED_SAMPLES, presorted=True)),
+        extra={**stored.extra, **new.extra, PROCESS_MEDIANS: (medians + [own])[-MAX_PROCESSES:]},
+    )
 
 
 # --------------------------------------------------------------------------- formatting
@@ -414,6 +495,115 @@ def _validate_entry(entry: Any, where: str, bad) -> None:
             raise bad(where, f"has '{k}' that is not an object")
     if "unit" in entry and not isinstance(entry["unit"], str):
         raise bad(where, "has a 'unit' that is not a string")
+
+
+# --------------------------------------------------------------------------- one file, or one per module
+
+#: in --llmcycle-baseline, replaced by the test module's name: one baseline file per module
+MODULE_PLACEHOLDER = "{module}"
+
+
+def module_file_stem(nodeid: str) -> str:
+    """``tests/llm/test_decode.py::test_x[a]`` -> ``tests.llm.test_decode``: a file name, never a path.
+
+    Anything but letters, digits, ``_``, ``.`` and ``-`` becomes ``_`` and runs of dots fold
+    into one, so a module name can neither leave the baseline folder nor hide a file.
+    """
+    module = nodeid.split("::", 1)[0]
+    if module.endswith(".py"):
+        module = module[:-3]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", module.replace("\\", ".").replace("/", "."))
+    stem = re.sub(r"\.{2,}", ".", stem).strip(".")
+    return stem or "_"
+
+
+class BaselineFiles:
+    """The baseline file(s) of a run: one file, or with ``{module}`` in the path one file per
+    test module. Says which file holds a test, loads and validates each once, and merges
+    updates into them."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        #: the one file, or the template with ``{module}``
+        self.path = Path(path)
+        self.per_module = MODULE_PLACEHOLDER in str(self.path)
+        self._loaded: dict[Path, Baselines] = {}
+
+    @classmethod
+    def at(cls, setting: str, rootdir: str | os.PathLike) -> "BaselineFiles":
+        """The files ``--llmcycle-baseline`` names: ``~`` expanded, relative to ``rootdir``."""
+        path = Path(os.path.expanduser(setting))
+        # ".." is collapsed lexically (no stray folders are created for "a/../b.json");
+        # symlinks are kept here and followed when the file is written (atomic_write_text)
+        return cls(os.path.abspath(path if path.is_absolute() else Path(rootdir) / path))
+
+    def path_for(self, nodeid: str | None) -> Path:
+        """The file that holds ``nodeid``'s baselines (the one file, or its module's file)."""
+        if not self.per_module:
+            return self.path
+        if nodeid is None:
+            raise ValueError("with {module} in the baseline path, a test's node id picks the file")
+        return Path(str(self.path).replace(MODULE_PLACEHOLDER, module_file_stem(nodeid)))
+
+    def load(self, nodeid: str | None = None) -> Baselines:
+        """Load (once) and validate the baseline file that holds ``nodeid``; raises BaselineError."""
+        path = self.path_for(nodeid)
+        loaded = self._loaded.get(path)
+        if loaded is None:
+            loaded = self._loaded[path] = Baselines.load(path)
+        return loaded
+
+    def preload(self) -> None:
+        """Load and validate every baseline file now (before any test runs): a bad one fails early."""
+        if not self.per_module:
+            self.load()
+            return
+        import glob
+
+        pattern = glob.escape(str(self.path)).replace(MODULE_PLACEHOLDER, "*")
+        for name in sorted(glob.glob(pattern)):
+            p = Path(name)
+            if p not in self._loaded:
+                self._loaded[p] = Baselines.load(p)
+
+    def forget_loaded(self) -> None:
+        """Read the baseline files again on next use (after something else wrote them)."""
+        self._loaded.clear()
+
+    def check_writable(self) -> str | None:
+        """Why the baseline file could not be written, or None; checked before a long run."""
+        target = str(self.path).replace(MODULE_PLACEHOLDER, "_")  # per module: its folder
+        p = Path(os.path.realpath(target))  # a symlink is written at its target
+        folder = p.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"cannot create the baseline file {p}: {folder} is not a folder"
+        if p.exists() and not os.access(p, os.W_OK):
+            return f"baseline file {p} is not writable"
+        if not os.access(folder, os.W_OK):
+            return f"cannot create the baseline file {p}: folder {folder} is not writable"
+        if p.exists() and p.is_dir():
+            return f"baseline path {p} is a folder; give a .json file path"
+        return None
+
+    def by_file(self, entries: Sequence[tuple[str, str, str, Entry]]) -> list[tuple[Path, list]]:
+        """``(device_key, nodeid, stage, entry)`` rows grouped by the file that holds them, in path order."""
+        grouped: dict[Path, list] = {}
+        for row in entries:
+            grouped.setdefault(self.path_for(row[1]), []).append(row)
+        return sorted(grouped.items())
+
+    def merge(
+        self,
+        path: Path,
+        entries: list[tuple[str, str, str, Entry]],
+        references: Mapping[str, Entry] | None = None,
+        *,
+        append: bool = False,
+    ) -> Baselines:
+        """:func:`merge_into_file`; ``append`` pools each entry with the one stored now
+        (``--llmcycle-update-append``) instead of replacing it."""
+        return merge_into_file(path, entries, references, combine=append_process if append else None)
 
 
 # --------------------------------------------------------------------------- atomic writes
