@@ -39,6 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import json
 
     from .compare import SnapshotError, load
+    from .reports.escape import md_text, visible
     from .reports.terminal import fmt_ms, simple_table
 
     try:
@@ -70,7 +71,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(simple_table(rows, headers))
     refs = ", ".join(f"{k} {fmt_ms(e.median_ms)}" for k, e in sorted(snap.references.items()))
-    print(f"\n{len(rows)} stage(s) in {snap.path} ({snap.kind})" + (f"; reference workload: {refs}" if refs else ""))
+    tail = f"{len(rows)} stage(s) in {snap.path} ({snap.kind})" + (f"; reference workload: {refs}" if refs else "")
+    print("\n" + (md_text(tail) if args.format == "markdown" else visible(tail)))
     return OK
 
 
@@ -79,6 +81,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import REMOVED, SnapshotError, compare, exit_code, load, shared_device_keys, to_json
+    from .reports.escape import md_text, visible
+
+    def say(text: str) -> None:  # keys, ids and stage names from the files: shown, never obeyed
+        print(f"\n{md_text(text)}" if args.format == "markdown" else visible(text))  # Markdown: its own paragraph
 
     try:
         old, new = load(args.old), load(args.new)
@@ -94,16 +100,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _print_rows(shown, args.format)
     removed = [r for r in rows if r.outcome == REMOVED]
     for r in removed:
-        print(f"only in {old.path}: {r.device_key} {r.nodeid} {r.stage}")
+        say(f"only in {old.path}: {r.device_key} {r.nodeid} {r.stage}")
     shared = shared_device_keys(old, new)
     ignored = sorted(({k for k, _, _ in old.entries} | {k for k, _, _ in new.entries}) - shared) if shared else []
     if ignored and not args.device_key:
-        print(f"llmcycle: device keys in only one file, not compared: {', '.join(ignored)}")
+        say(f"llmcycle: device keys in only one file, not compared: {', '.join(ignored)}")
     common = sum(1 for r in rows if r.baseline is not None and r.outcome != REMOVED)
     if not common:
         keys_old = sorted({k for k, _, _ in old.entries}) or ["none"]
         keys_new = sorted({k for k, _, _ in new.entries}) or ["none"]
-        print(f"llmcycle: no stage is in both files (device keys {', '.join(keys_old)} vs {', '.join(keys_new)})")
+        say(f"llmcycle: no stage is in both files (device keys {', '.join(keys_old)} vs {', '.join(keys_new)})")
     from .reports.terminal import outcome_counts
 
     counts = ", ".join(f"{n} {o}" for o, n in outcome_counts(shown).items()) or "nothing compared"
@@ -150,6 +156,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
     from filelock import FileLock
 
+    from .reports.escape import visible
     from .storage.baseline import Baselines, BaselineError, atomic_write_text, lock_path
 
     with FileLock(lock_path(path), timeout=60):
@@ -166,30 +173,32 @@ def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
         )
         for dk, nodeid in gone:
             stages = ", ".join(sorted(b.devices()[dk]["tests"][nodeid]))
-            print(f"{'would remove' if args.dry_run else 'removed'}: {dk} {nodeid} ({stages})")
+            print(visible(f"{'would remove' if args.dry_run else 'removed'}: {dk} {nodeid} ({stages})"))
         if gone and not args.dry_run:
             for dk, nodeid in gone:
                 b.remove_test(dk, nodeid)
             atomic_write_text(path, b.dumps())
     verb = "would remove" if args.dry_run else "removed"
-    print(f"llmcycle: {verb} {len(gone)} test entr{'y' if len(gone) == 1 else 'ies'} from {path}")
+    print(visible(f"llmcycle: {verb} {len(gone)} test entr{'y' if len(gone) == 1 else 'ies'} from {path}"))
 
 
 # --------------------------------------------------------------------------- history
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .storage.history import SQLiteHistory
+    from .storage.history import HistoryError, SQLiteHistory
     from .reports.terminal import fmt_ms, simple_table, trend_sparkline
 
     path = Path(args.db)
     if not path.is_file():
         raise UsageError(f"{path}: no such history file (pytest --llmcycle-history {path} creates it)")
-    store = SQLiteHistory(path)
+    store = SQLiteHistory(path)  # read-only: a file that is not a history is refused unchanged
     import sqlite3
 
     try:
         keys = store.keys()
+    except HistoryError as e:
+        raise UsageError(str(e)) from None
     except sqlite3.DatabaseError as e:
         raise UsageError(f"{path}: not a history file ({e})") from None
     rows = []
@@ -296,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
-        print(f"llmcycle: error: {e}", file=sys.stderr)
+        from .reports.escape import visible
+
+        print(visible(f"llmcycle: error: {e}", keep="\n"), file=sys.stderr)  # messages quote files and keys
         return USAGE
     except BrokenPipeError:  # `llmcycle show ... | head`
         return OK

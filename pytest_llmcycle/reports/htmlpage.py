@@ -8,12 +8,12 @@ history store, the stage's median over past runs. Rendering only.
 from __future__ import annotations
 
 import functools
-import html
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..engine import verdict as vd
+from .escape import html_text
 from .terminal import fmt_change, fmt_ms, sort_rows, verdict_cell
 from .markdown import summary_line
 from ..run.results import COLD, STAGE, StageResult
@@ -45,7 +45,8 @@ document.getElementById('only-failing').addEventListener('change',function(e){
 
 
 def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    """Every text and attribute value that is not a number this module formats goes through here."""
+    return html_text(x)
 
 
 def badge(outcome: str, text: str | None = None) -> str:
@@ -190,7 +191,7 @@ def _rows_table(rows: Sequence[StageResult]) -> str:
         base = fmt_ms(r.baseline.median_ms) + unit if r.baseline else "-"
         out.append(
             f"<tr><td>{esc(r.label)}</td><td class=num>{esc(base)}</td><td class=num>{esc(fmt_ms(r.median_ms) + unit)}</td>"
-            f"<td class=num>{esc(fmt_change(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{r.n}</td>"
+            f"<td class=num>{esc(fmt_change(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{esc(r.n)}</td>"
             f"<td>{badge(r.outcome if r.kind != COLD else 'info', verdict_cell(r))}</td>"
             f'<td class="reason">{esc(r.verdict.reason)}'
             + (f"<br>{esc(_counters(r))}" if r.counters and r.kind != COLD else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..engine import verdict as vd
+from .escape import md_code, md_text
 from .terminal import accept_command, distribution_cell, fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
 from ..run.results import COLD, StageResult
 
@@ -43,13 +44,13 @@ ENV_ROWS = [
 
 
 def cell(text: Any) -> str:
-    """A table cell: pipes escaped, newlines flattened."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A table cell (or list item) that shows exactly ``text``: see :func:`escape.md_text`."""
+    return md_text(text)
 
 
 def code(text: str) -> str:
-    """An inline code cell; a pipe still needs its backslash inside code in a GFM table."""
-    return "`" + str(text).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+    """An inline code cell that shows exactly ``text``: see :func:`escape.md_code`."""
+    return md_code(text)
 
 
 def summary_line(results: Sequence[StageResult]) -> str:
@@ -61,7 +62,7 @@ def summary_line(results: Sequence[StageResult]) -> str:
 
 def row(r: StageResult) -> list[str]:
     unit = "" if r.unit == "call" else f"/{r.unit}"
-    verdict = verdict_cell(r)
+    verdict = cell(verdict_cell(r))
     dist = distribution_cell(r)
     if r.outcome == vd.REGRESSED:
         verdict = f"**{verdict}**"
@@ -69,10 +70,10 @@ def row(r: StageResult) -> list[str]:
         "" if r.kind == COLD else ICONS.get(r.outcome, ""),
         code(r.nodeid),
         cell(r.label),
-        fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else ""),
-        fmt_ms(r.median_ms) + unit,
+        cell(fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else "")),
+        cell(fmt_ms(r.median_ms) + unit),
         fmt_change(r.verdict) if r.kind != COLD else "-",
-        cell(verdict),
+        verdict,
         code(dist) if dist else "",
     ]
 
@@ -94,7 +95,7 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str =
     failing = [r for r in results if r.outcome == vd.REGRESSED]
     head = ICONS[vd.REGRESSED] if failing else ICONS[vd.OK]
     where = meta.get("device_key")
-    out = [f"### {head} {title}: {summary_line(results)}" + (f" on `{where}`" if where else ""), ""]
+    out = [f"### {head} {cell(title)}: {cell(summary_line(results))}" + (f" on {md_code(where, table=False)}" if where else ""), ""]
     if results:
         out += [table(results), ""]
     if failing:
@@ -104,7 +105,7 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str =
             "and commit the baseline file (the diff shows the change to review):",
             "",
             "```",
-            accept_command(r.nodeid for r in failing),
+            accept_command(r.nodeid for r in failing),  # one line (controls made visible): nothing ends the fence
             "```",
             "",
         ]

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from .escape import xml_text
+
 if TYPE_CHECKING:
     from ..run.results import StageResult
 
@@ -32,7 +34,11 @@ def _round(x: float | None) -> float | None:
 
 
 def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
-    """``llmcycle.<stage>.median_ms`` / ``.baseline_ms`` / ``.change`` / ``.verdict`` ... per row."""
+    """``llmcycle.<stage>.median_ms`` / ``.baseline_ms`` / ``.change`` / ``.verdict`` ... per row.
+
+    Names and text values are XML-safe (:func:`escape.xml_text`): pytest escapes property
+    values but not names, and one character XML cannot hold makes the whole report unreadable.
+    """
     props: list[tuple[str, Any]] = []
     for r in results:
         if r.kind == COLD:
@@ -52,7 +58,7 @@ def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
             props.append((f"{p}.unit", f"ms/{r.unit}"))
         if r.kind == CYCLE:
             props.append((f"{p}.terms", r.stage))
-    return props
+    return [(xml_text(k), xml_text(v) if isinstance(v, str) else v) for k, v in props]
 
 
 def _commit(rootdir: Path) -> str | None:

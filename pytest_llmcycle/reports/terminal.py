@@ -5,6 +5,7 @@ import shlex
 from typing import Iterable, Sequence
 
 from ..engine import verdict as vd
+from .escape import visible
 from ..storage.baseline import process_medians
 from ..run.results import COLD, CYCLE, STAGE, StageResult
 
@@ -85,12 +86,14 @@ def terminal_table(results: Sequence[StageResult]) -> str:
 def simple_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """A left-aligned text table, the layout of ``tabulate(..., tablefmt="simple")``.
 
+    Control characters in cells are shown as escapes (``\\x1b``, ``\\n``): a node id or a
+    device key read from a file cannot move the cursor, retitle the terminal or forge a row.
     Cells are stripped, a column is as wide as its widest cell (at least its header plus
     two), columns are two spaces apart and lines carry no trailing blanks. Written out here
     because tabulate's type sniffing cost ~90 ms at 4,500 rows; the test suite checks the
     output against tabulate's on random tables.
     """
-    cells = [[str(c).strip() for c in row] for row in rows]
+    cells = [[visible(c).strip() for c in row] for row in rows]
     widths = [max([len(h) + 2] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
     def line(row: Sequence[str]) -> str:
@@ -100,8 +103,10 @@ def simple_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 
 def accept_command(nodeids: Iterable[str]) -> str:
+    """The command that records new baselines for ``nodeids``, on one line: a terminal, a
+    Markdown code block and a failure message print it, so controls in an id are shown escaped."""
     ids = " ".join(shlex.quote(n) for n in sorted(set(nodeids)))
-    return f"pytest {ids} --llmcycle-update"
+    return visible(f"pytest {ids} --llmcycle-update")
 
 
 def failure_message(rows: Sequence[StageResult]) -> str:
@@ -147,7 +152,8 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         if v.machine_factor is not None:
             out.append(f"  machine   {vd.machine_note(v.machine_factor)}")
     out.append(f"  to accept the new numbers: {accept_command(r.nodeid for r in rows)}")
-    return "\n".join(out)
+    # device keys, reasons and counter names can come from a baseline file: one line each, shown
+    return "\n".join(visible(line) for line in out)
 
 
 # --------------------------------------------------------------------------- shared by the report files
