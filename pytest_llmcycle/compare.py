@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import verdict as vd
-from .storage.baseline import Baselines, BaselineError, Entry, process_range
+from .storage.baseline import Baselines, BaselineError, Entry
 from .run.results import StageResult
 
 Key = tuple  # (device_key, nodeid, stage)
@@ -106,12 +106,6 @@ def _load_folder(folder: Path) -> Snapshot:
     return snap
 
 
-def _evidence(entry: Entry | None) -> vd.Evidence | None:
-    if entry is None:
-        return None
-    return vd.Evidence(entry.samples_ms, entry.unit, dict(entry.env), dict(entry.counters), process_range(entry))
-
-
 def shared_device_keys(old: Snapshot, new: Snapshot) -> set:
     return {k for k, _, _ in old.entries} & {k for k, _, _ in new.entries}
 
@@ -149,8 +143,8 @@ def compare(
             rows.append(StageResult(nodeid, stage, dk, v, unit=before.unit, median_ms=None, baseline=before))
             continue
         case = vd.Case(
-            _evidence(before),
-            _evidence(after),
+            before.evidence() if before else None,
+            after.evidence(),
             # stored samples stand as they are: the run that wrote them had its re-measure
             vd.Rules(thr, alpha, vd.CONFIRM_NOT_NEEDED),
             machine_factor=machine_factor(old, new, dk),

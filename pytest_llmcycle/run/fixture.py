@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..measure import device as devmod
 from ..engine import verdict as vd
@@ -18,11 +19,14 @@ from ..storage.baseline import Entry, entry_from_samples, ns_to_ms, process_rang
 from ..config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
 from .session import RunState
-from ..llm.stages import LLMStages
+from ..llm.ab import ABResult
+from ..llm.scaling import ScalingResult
+from ..llm.stages import GenerationResult, LLMStages, TrainStepResult
 from ..measure.timing import Clock, Measurement, pinned_threads, time_callable
 
-#: a block-form stage needs this many runs to be split into a measure and a confirming half
-BLOCK_MIN_SAMPLES = 10
+#: Unicode categories refused in stage names: control (newline, tab, escape), format (zero-width,
+#: bidi overrides), line and paragraph separators
+_CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 #: outcomes whose entries --llmcycle-update rewrites (an "ok" entry stays, so diffs stay small)
 CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
 
@@ -99,7 +103,24 @@ def _sample_s(m: Measurement) -> float:
     return m.median_ns * max(1, m.number) / 1e9
 
 
-class LLMCycle(LLMStages):
+def _check_measurement(stage: str, m: Any, what: str) -> None:
+    """A measurement handed to ``record`` must hold positive, finite durations."""
+    __tracebackhide__ = True
+    if not isinstance(m, Measurement):
+        raise TypeError(
+            f"llmcycle.record({stage!r}, ...): the {what} must be a pytest_llmcycle Measurement "
+            f"(from time_callable or your own timer), got {type(m).__name__}"
+        )
+    xs = m.samples_ns
+    # all positive and finite (a NaN or an inf makes the sum non-finite), else name the bad ones
+    bad = [] if xs and min(xs) > 0 and math.isfinite(sum(xs)) else [x for x in xs if not (0 < x < math.inf)]
+    if not xs or bad:
+        raise ValueError(
+            f"stage {stage!r}: a measurement needs positive, finite durations; got {len(xs)} sample(s), bad: {bad[:3]}"
+        )
+
+
+class LLMCycle:
     """Times the stages of one inference cycle in one test.
 
     ``measure(stage, fn)`` repeats a callable; ``with stage(name):`` times a block once per
@@ -121,6 +142,8 @@ class LLMCycle(LLMStages):
         self._entries: list[tuple[str, Entry]] = []
         #: the clock stages are timed with; tests replace it with a fake to test verdicts
         self.clock: Clock = time.perf_counter_ns
+        #: the LLM helpers, recording through this object (see the section at the end)
+        self._llm = LLMStages(self)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -155,7 +178,13 @@ class LLMCycle(LLMStages):
     # ------------------------------------------------------------------ timing
     def measure(self, stage: str, fn: Callable[[], Any], *, dtype: str | None = None, cycle: bool = True) -> StageResult:
         """Time ``fn()`` (warm-up, adaptive rounds, device sync) as ``stage`` and judge it."""
+        __tracebackhide__ = True
         self._check_stage(stage)
+        if not callable(fn):
+            raise TypeError(
+                f"llmcycle.measure({stage!r}, fn): fn must be a callable that runs the stage once, got "
+                f"{type(fn).__name__} (a result, not a function): pass e.g. `lambda: model(ids)`"
+            )
         policy = self.settings.timing_policy()
         dev = self._run.device
 
@@ -172,6 +201,7 @@ class LLMCycle(LLMStages):
         Run the block at least 10 times (a loop) for it to be gated: the first half of the
         samples is the measurement and the second half its confirming re-measure.
         """
+        __tracebackhide__ = True
         if name not in self._blocks:
             self._check_stage(name)  # first run of this block: the same name rules as measure()
         sync = devmod.synchronizer(self._run.device)
@@ -218,55 +248,56 @@ class LLMCycle(LLMStages):
         regression. ``cycle_weight`` is how many of the stage's units one cycle contains
         (1 for a call, the number of new tokens for per-token decode, 0 to leave it out).
         """
+        __tracebackhide__ = True
         self._check_stage(stage)
-        xs = measurement.samples_ns
-        # all positive and finite (a NaN or an inf makes the sum non-finite), else name the bad ones
-        bad = [] if xs and min(xs) > 0 and math.isfinite(sum(xs)) else [x for x in xs if not (0 < x < math.inf)]
-        if not xs or bad:
-            raise ValueError(
-                f"stage {stage!r}: a measurement needs positive, finite durations; got "
-                f"{len(measurement.samples_ns)} sample(s), bad: {bad[:3]}"
-            )
-        run, s = self._run, self.settings
+        _check_measurement(stage, measurement, "measurement")
         entry = self._baseline(stage)
         env = self.environment(dtype)
-        mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
-        base = entry.samples_ms if entry else None
-        spread = process_range(entry)
         cur = ns_to_ms(measurement.samples_ns)
-        v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch, spread)
-        if v.outcome in (vd.REGRESSED, vd.IMPROVED) and s.machine_check:
-            self._machine_factor = run.machine_factor(_sample_s(measurement), self.nodeid)
-            v = vd.judge(base, cur, s.threshold, s.alpha, self._machine_factor, mismatch, spread)
-        # Counters are deterministic: a counter that grew is a regression without a re-measure.
-        from ..measure import counters as cnt
-
-        changed = cnt.compare(entry.counters, counters) if entry is not None and not mismatch else []
-        grew = [c for c in changed if c.increased]
-        final, final_ms = measurement, cur
-        remeasured = None
-        if v.outcome == vd.REGRESSED and s.remeasure and remeasure is not None and not s.update and not grew:
-            second = remeasure()
-            if s.machine_check:
-                self._machine_factor = run.machine_factor(_sample_s(second), self.nodeid)
-            second_ms = ns_to_ms(second.samples_ns)
-            v2 = vd.judge(base, second_ms, s.threshold, s.alpha, self._machine_factor, mismatch, spread)
-            v = vd.confirm(v, v2)
-            final, final_ms, remeasured = second, second_ms, second
-        elif v.outcome == vd.REGRESSED and not s.update and remeasure is None and not grew:
-            v = replace(v, outcome=vd.INCONCLUSIVE, reason=v.reason + "; no re-measure possible, not gated")
-        if grew:
-            v = replace(v, outcome=vd.REGRESSED, reason=cnt.describe(grew, measurement.unit))
-        elif changed and v.outcome in (vd.OK, vd.INCONCLUSIVE):
-            v = replace(v, outcome=vd.IMPROVED, reason=cnt.describe(changed, measurement.unit) + ": record it with --llmcycle-update")
-        elif s.update and counters and entry is not None and not entry.counters and v.outcome == vd.OK:
-            v = replace(v, outcome=vd.NEW, reason="counters not in the baseline yet")
+        s = self.settings
+        if remeasure is None:
+            confirmation = vd.CONFIRM_IMPOSSIBLE
+        else:
+            confirmation = vd.CONFIRM_REMEASURE if s.remeasure else vd.CONFIRM_NOT_NEEDED
+        case = vd.Case(
+            entry.evidence() if entry else None,
+            vd.Evidence(cur, measurement.unit, env, dict(counters or {})),
+            self._rules(confirmation, machine_check=s.machine_check),
+        )
+        final, final_ms, remeasured = measurement, cur, None
+        v = vd.decide(case)
+        while v.needs:  # the engine asks for a measured number; take it and ask again
+            if v.needs == vd.NEEDS_MACHINE:
+                self._machine_factor = self._run.machine_factor(_sample_s(measurement), self.nodeid)
+                case = replace(case, machine_factor=self._machine_factor, machine_checked=True)
+            else:
+                assert remeasure is not None
+                remeasured = remeasure()
+                _check_measurement(stage, remeasured, "re-measure")
+                if s.machine_check:
+                    self._machine_factor = self._run.machine_factor(_sample_s(remeasured), self.nodeid)
+                final, final_ms = remeasured, ns_to_ms(remeasured.samples_ns)
+                case = replace(
+                    case, remeasured=replace(case.current, samples_ms=final_ms), remeasured_machine_factor=self._machine_factor,
+                )
+            v = vd.decide(case)
         return self._store(stage, final, final_ms, entry, env, v, measurement, remeasured, cycle_weight, counters)
+
+    def _rules(self, confirmation: str, machine_check: bool = False) -> vd.Rules:
+        s = self.settings
+        return vd.Rules(s.threshold, s.alpha, confirmation, machine_check=machine_check, recording=s.update)
 
     # ------------------------------------------------------------------ internals
     def _check_stage(self, stage: str) -> None:
+        __tracebackhide__ = True
         if not isinstance(stage, str) or not stage.strip():
             raise ValueError(f"stage name must be a non-empty string, got {stage!r}")
+        bad = [c for c in stage if unicodedata.category(c) in _CONTROL_CATEGORIES]
+        if bad:
+            raise ValueError(
+                f"stage name {stage!r} holds control or invisible characters ({', '.join(sorted({repr(c) for c in bad}))}): "
+                "they would break the terminal table, the reports and the baseline diff; use letters, digits and punctuation"
+            )
         if stage in self._weights or stage in self._blocks:
             raise ValueError(f"stage {stage!r} was already measured in this test; give each stage its own name")
 
@@ -302,29 +333,13 @@ class LLMCycle(LLMStages):
         return r
 
     def _finish_blocks(self) -> None:
-        s = self.settings
+        rules = self._rules(vd.CONFIRM_HALVES)
         for name, samples_ns in self._blocks.items():
             m = Measurement(samples_ns=tuple(samples_ns), unit="call", rounds=len(samples_ns), spent_s=sum(samples_ns) / 1e9)
             entry = self._baseline(name)
             env = self.environment(self._block_dtype.get(name))
-            mismatch = vd.env_mismatch(dict(entry.env), env) if entry else None
-            base = entry.samples_ms if entry else None
-            spread = process_range(entry)
             cur = ns_to_ms(samples_ns)
-            v = vd.judge(base, cur, s.threshold, s.alpha, None, mismatch, spread)
-            if v.outcome == vd.REGRESSED and not s.update:
-                if len(cur) < BLOCK_MIN_SAMPLES:
-                    v = replace(
-                        v,
-                        outcome=vd.INCONCLUSIVE,
-                        reason=v.reason + f"; only {len(cur)} run(s) of the block, {BLOCK_MIN_SAMPLES} needed to confirm: not gated",
-                    )
-                else:
-                    half = len(cur) // 2
-                    first = vd.judge(base, cur[:half], s.threshold, s.alpha, None, mismatch, spread)
-                    second = vd.judge(base, cur[half:], s.threshold, s.alpha, None, mismatch, spread)
-                    # the halves play measurement and re-measure: both must regress
-                    v = vd.confirm(first, second) if first.outcome == vd.REGRESSED else vd.confirm(v, first)
+            v = vd.decide(vd.Case(entry.evidence() if entry else None, vd.Evidence(cur, "call", env), rules))
             self._store(name, m, cur, entry, env, v, m, None, 1.0, None)
 
     def _finish_cycle(self) -> None:
@@ -334,22 +349,21 @@ class LLMCycle(LLMStages):
         total = sum(self._weights[r.stage] * (r.median_ms or 0) for r in stages)
         weights = [self._weights[r.stage] for r in stages]
         judged = all(r.baseline is not None and r.outcome != vd.NOT_COMPARABLE for r in stages)
+        current = vd.Evidence(parts=tuple((w, self._final_samples[r.stage]) for w, r in zip(weights, stages)))
+        base_entry = baseline = None
         if judged:
-            s = self.settings
             base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
-            v = vd.judge_cycle(
-                [r.baseline.samples_ms for r in stages],  # type: ignore[union-attr]
-                [self._final_samples[r.stage] for r in stages],
-                weights,
-                s.threshold,
-                s.alpha,
-                self._machine_factor,
-                _cycle_process_range(stages, weights, base_total),
+            baseline = vd.Evidence(
+                parts=tuple((w, r.baseline.samples_ms) for w, r in zip(weights, stages)),  # type: ignore[union-attr]
+                process_range=_cycle_process_range(stages, weights, base_total),
             )
             base_entry = Entry(base_total, base_total, base_total, 1, (base_total,))
-        else:
-            v = vd.Verdict(vd.NEW, self.settings.threshold, self.settings.threshold, reason="not every stage has a comparable baseline")
-            base_entry = None
+        v = vd.decide(
+            vd.Case(
+                baseline, current, self._rules(vd.CONFIRM_NOT_NEEDED), machine_factor=self._machine_factor,
+                no_baseline_reason="not every stage has a comparable baseline",
+            )
+        )
         terms = " + ".join(r.stage if self._weights[r.stage] == 1 else f"{self._weights[r.stage]:g}*{r.stage}" for r in stages)
         self.results.append(
             StageResult(
@@ -364,13 +378,20 @@ class LLMCycle(LLMStages):
             )
         )
 
-    def finish(self) -> list[StageResult]:
-        """Judge block stages and the cycle; queue updates. Returns the rows that fail the test."""
+    def finish(self, test_failed: bool = False) -> list[StageResult]:
+        """Judge block stages and the cycle; queue updates. Returns the rows that fail the test.
+
+        ``test_failed``: the test body raised after measuring. Its stages are still judged and
+        reported (marked as from a failed test), never written as baselines, and fail nothing
+        more: the test already fails.
+        """
         self._finish_blocks()
         self._finish_cycle()
         s = self.settings
         rows: list[StageResult] = []
         for r in self.results:
+            if test_failed:
+                r = replace(r, test_failed=True)
             rows.append(r)
             if r.kind == STAGE and r.cold_ms is not None:
                 rows.append(
@@ -383,7 +404,7 @@ class LLMCycle(LLMStages):
                         n=1,
                     )
                 )
-        if s.update:
+        if s.update and not test_failed:
             entries = dict(self._entries)
             for i, r in enumerate(rows):
                 if r.kind == STAGE and (s.update_all or r.outcome in CHANGED):
@@ -392,9 +413,130 @@ class LLMCycle(LLMStages):
                     rows[i] = replace(r, updated=True)
         self.results = rows
         self._run.results.extend(rows)
-        if s.update:
+        if s.update or test_failed:
             return []
         failing = [r for r in rows if r.outcome == vd.REGRESSED]
         if s.strict:
             failing += [r for r in rows if r.kind == STAGE and r.outcome in (vd.NEW, vd.NOT_COMPARABLE)]
         return failing
+
+    # ================================================================== LLM helpers
+    # The helpers live in llm.stages.LLMStages and reach this object only through its declared
+    # Recorder interface (timed_section, record, check_stage, device_str, threads, clock,
+    # settings). Each method here delegates, with the helper's own signature and docstring.
+
+    @property
+    def device_str(self) -> str:
+        """The device stages are timed on, as torch spells it ("cpu", "cuda:0", "mps")."""
+        return self._run.device
+
+    def check_stage(self, stage: str) -> None:
+        """Raise ValueError for a stage name that is empty or already used in this test."""
+        self._check_stage(stage)
+
+    def tokens(
+        self,
+        loop: Callable[[Callable[[], None]], Any],
+        *,
+        n_tokens: int | None = None,
+        batch: int = 1,
+        prompt_length: int = 0,
+        name: str = "",
+        counters: bool | None = None,
+        seed: int | None = 0,
+        inference_mode: bool = False,
+        dtype: str | None = None,
+    ) -> GenerationResult:
+        __tracebackhide__ = True
+        return self._llm.tokens(
+            loop, n_tokens=n_tokens, batch=batch, prompt_length=prompt_length, name=name,
+            counters=counters, seed=seed, inference_mode=inference_mode, dtype=dtype,
+        )
+
+    tokens.__doc__ = LLMStages.tokens.__doc__
+
+    def generate(
+        self,
+        model: Any,
+        inputs: Any,
+        max_new_tokens: int = 16,
+        *,
+        do_sample: bool = False,
+        num_beams: int = 1,
+        name: str = "",
+        processors: Iterable[Any] | None = None,
+        counters: bool | None = None,
+        seed: int | None = 0,
+        inference_mode: bool = False,
+        **generate_kwargs: Any,
+    ) -> GenerationResult:
+        __tracebackhide__ = True
+        return self._llm.generate(
+            model, inputs, max_new_tokens, do_sample=do_sample, num_beams=num_beams, name=name,
+            processors=processors, counters=counters, seed=seed, inference_mode=inference_mode, **generate_kwargs,
+        )
+
+    generate.__doc__ = LLMStages.generate.__doc__
+
+    def train_step(
+        self,
+        loss_fn: Callable[[], Any],
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        name: str = "",
+        counters: bool | None = None,
+        seed: int | None = 0,
+        dtype: str | None = None,
+    ) -> TrainStepResult:
+        __tracebackhide__ = True
+        return self._llm.train_step(
+            loss_fn, model=model, optimizer=optimizer, name=name, counters=counters, seed=seed, dtype=dtype,
+        )
+
+    train_step.__doc__ = LLMStages.train_step.__doc__
+
+    def counted(
+        self,
+        stage: str,
+        fn: Callable[[], Any],
+        *,
+        counters: bool | None = None,
+        inference_mode: bool = False,
+        dtype: str | None = None,
+        cycle: bool = True,
+    ) -> Any:
+        __tracebackhide__ = True
+        return self._llm.counted(stage, fn, counters=counters, inference_mode=inference_mode, dtype=dtype, cycle=cycle)
+
+    counted.__doc__ = LLMStages.counted.__doc__
+
+    def scaling(
+        self,
+        stage: str,
+        make: Callable[[Any], Callable[[], Any]],
+        sizes: Sequence[Any],
+        *,
+        counters: bool | None = None,
+        record: bool = False,
+        inference_mode: bool = False,
+    ) -> ScalingResult:
+        __tracebackhide__ = True
+        return self._llm.scaling(stage, make, sizes, counters=counters, record=record, inference_mode=inference_mode)
+
+    scaling.__doc__ = LLMStages.scaling.__doc__
+
+    def ab(
+        self,
+        a: Callable[[], Any],
+        b: Callable[[], Any],
+        *,
+        names: tuple = ("a", "b"),
+        counters: bool = False,
+        budget: float | None = None,
+        inference_mode: bool = False,
+    ) -> ABResult:
+        __tracebackhide__ = True
+        return self._llm.ab(a, b, names=names, counters=counters, budget=budget, inference_mode=inference_mode)
+
+    ab.__doc__ = LLMStages.ab.__doc__

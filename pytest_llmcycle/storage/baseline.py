@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..engine.verdict import Evidence
+
 SCHEMA_VERSION = 1
 ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytest --llmcycle-update"
 #: Samples kept per entry: enough for a rank test, few enough to read in a diff.
@@ -132,6 +134,13 @@ class Entry:
     env: Mapping[str, Any] = field(default_factory=dict)
     counters: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def evidence(self) -> "Evidence":
+        """This entry as the verdict engine reads it (samples, unit, environment, counters,
+        the recording processes' spread)."""
+        from ..engine.verdict import Evidence  # numpy: only when a verdict is being made
+
+        return Evidence(self.samples_ms, self.unit, dict(self.env), dict(self.counters), process_range(self))
 
     def to_json(self, *, _rounded_samples: list | None = None) -> dict:
         d: dict[str, Any] = {
