@@ -1,8 +1,8 @@
 """The ``llmcycle`` command (also ``python -m pytest_llmcycle``): show, compare, prune, history.
 
 Exit codes follow the plugin: 0 ok, 1 a stage regressed, 2 a usage error (bad arguments, a file
-that cannot be read). Imports only the standard library at module level; each command
-imports what it needs.
+that cannot be read). Imports only the standard library and the option table (``config``, pure
+Python) at module level; each command imports what it needs.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from .config import OPTION, SettingError, convert
 
 OK, REGRESSION, USAGE = 0, 1, 2
 
@@ -220,21 +222,18 @@ def cmd_history(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- entry point
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0, e.g. 0.10 for 10%")
-    return v
+def _setting(name: str):
+    """An argparse type for a plugin setting: the plugin's own converter and check (config.OPTIONS),
+    so ``llmcycle compare --threshold 10`` is refused as ``--llmcycle-threshold=10`` is."""
 
+    def parse(text: str):
+        try:
+            return convert(name, text, name)
+        except SettingError as e:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {e.reason}") from None
 
-def _alpha(text: str) -> float:
-    v = _fraction(text)
-    if not v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1, e.g. 0.01")
-    return v
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("old", help="the reference: baseline file, folder of per-module files, or JSON report (e.g. from main)")
     c.add_argument("new", help="the candidate: baseline file, folder of per-module files, or JSON report (e.g. from the PR)")
-    c.add_argument("--threshold", type=_fraction, default=None,
-                   help="slowdown that fails a stage (default: each test's own from a JSON report, else 0.10)")
-    c.add_argument("--alpha", type=_alpha, default=0.01, help="significance level (default: 0.01)")
+    c.add_argument("--threshold", type=_setting("threshold"), default=None, metavar="FRACTION",
+                   help="slowdown that fails a stage, as a fraction (default: each test's own from a JSON report, "
+                   f"else {OPTION['threshold'].default:.2f})")
+    c.add_argument("--alpha", type=_setting("alpha"), default=OPTION["alpha"].default, metavar="P",
+                   help=f"significance level, at most 0.5 (default: {OPTION['alpha'].default})")
     c.add_argument("--device-key", help="only this device key")
     c.add_argument("--strict", action="store_true", help="also fail (exit 1) stages with no comparable old entry")
     c.add_argument("--format", **fmt)

@@ -10,83 +10,23 @@ from typing import Any
 
 import pytest
 
-from .config import MARKER_ARGS, SettingError, Settings, for_marker, resolve
+from .config import MARKER_ARGS, OPTIONS, RunOptions, SettingError, Settings, for_marker, resolve, resolve_run
 from .run.keys import FIXTURE_KEY, OUTPUTS_KEY, PARALLEL_KEY, RUN_KEY, SETTINGS_KEY, get_run
-
-# (setting, flag, ini help, metavar/action)
-_OPTIONS = [
-    ("baseline", "--llmcycle-baseline", "baseline JSON file, relative to the rootdir (default: .llmcycle/baselines.json)", "PATH"),
-    ("threshold", "--llmcycle-threshold", "slowdown that fails a stage, as a fraction (default: 0.10 = 10%%)", "FRACTION"),
-    ("alpha", "--llmcycle-alpha", "significance level of the regression test (default: 0.01)", "P"),
-    ("budget_s", "--llmcycle-budget", "time budget per stage measurement in seconds (default: 1.0)", "SECONDS"),
-    ("min_rounds", "--llmcycle-min-rounds", "fewest timed rounds per stage, even past the budget (default: 10)", "N"),
-    ("device", "--llmcycle-device", "device to time on: auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, else MPS, else CPU)", "DEVICE"),
-    ("device_key", "--llmcycle-device-key", "name baselines are stored under, e.g. one name for a fleet of identical CI runners (default: device kind and model)", "KEY"),
-    ("threads", "--llmcycle-threads", "torch CPU threads while timing (default: half the cores)", "N"),
-]
-_FLAGS = [
-    ("update", "--llmcycle-update", "record baselines for new and changed stages (unchanged entries stay as they are)"),
-    ("update_all", "--llmcycle-update-all", "re-record every measured stage's baseline"),
-    ("update_append", "--llmcycle-update-append",
-     "add this run to every measured stage's baseline as one more recording process; run it in a few "
-     "processes and the verdicts allow for how far their medians differ"),
-    ("strict", "--llmcycle-strict", "fail stages that have no usable baseline"),
-]
-
-
-def _ini_name(flag: str) -> str:
-    """The ini spelling of a command-line flag: --llmcycle-budget -> llmcycle_budget."""
-    return flag.lstrip("-").replace("-", "_")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmcycle", "LLM latency regression tests (pytest-llmcycle)")
-    for name, flag, help_text, metavar in _OPTIONS:
-        group.addoption(flag, dest=f"llmcycle_{name}", metavar=metavar, default=None, help=help_text)
-        parser.addini(_ini_name(flag), help_text, default=None)
-    for name, flag, help_text in _FLAGS:
-        group.addoption(flag, dest=f"llmcycle_{name}", action="store_true", default=None, help=help_text)
-    parser.addini("llmcycle_strict", "fail stages that have no usable baseline", type="bool", default=False)
-    parser.addini("llmcycle_remeasure", "re-measure a stage that looks regressed before failing it (default: true)", default=None)
-    parser.addini(
-        "llmcycle_machine_check",
-        "time a reference workload when a stage looks slower, to tell a slower machine from slower code (default: true)",
-        default=None,
-    )
-    group.addoption("--llmcycle-skip", action="store_true", default=False, help="deselect timing tests (tests using llmcycle)")
-    group.addoption("--llmcycle-only", action="store_true", default=False, help="run only timing tests")
-    _addoption_outputs(parser, group)
-    _addoption_parallel(parser, group)
+    for opt in OPTIONS:  # config.OPTIONS declares every flag and ini option, in --help order
+        if opt.flag and opt.metavar:
+            action = "append" if opt.many else "store"
+            group.addoption(opt.flag, dest=opt.dest, action=action, metavar=opt.metavar, default=None, help=opt.help)
+        elif opt.flag:
+            group.addoption(opt.flag, dest=opt.dest, action="store_true", default=None, help=opt.help)
+        if opt.ini:  # None: not given, so the command line or the default decides
+            parser.addini(opt.ini, opt.ini_help, type=opt.ini_type, default=None)
 
 
-def _addoption_parallel(parser: pytest.Parser, group: Any) -> None:
-    help_timeout = (
-        "hard limit in seconds of one measurement of a stage; a stage past it is stopped at its next call "
-        "and fails (default: 300 or 60x the stage's budget, whichever is larger; 0: no limit)"
-    )
-    group.addoption("--llmcycle-stage-timeout", dest="llmcycle_stage_timeout", default=None, metavar="SECONDS", help=help_timeout)
-    parser.addini("llmcycle_stage_timeout", help_timeout, default=None)
-    help_gpus = "with pytest-xdist: worker k times on GPU k mod the GPU count when the device is cuda or auto"
-    group.addoption("--llmcycle-xdist-gpus", dest="llmcycle_xdist_gpus", action="store_true", default=None, help=help_gpus)
-    parser.addini("llmcycle_xdist_gpus", help_gpus, type="bool", default=False)
-
-
-def _configure_parallel(config: pytest.Config) -> None:
-    import math
-
-    raw = config.getoption("llmcycle_stage_timeout")
-    where = "--llmcycle-stage-timeout"
-    if raw in (None, ""):
-        raw, where = config.getini("llmcycle_stage_timeout"), "ini option llmcycle_stage_timeout"
-    timeout = None
-    if raw not in (None, ""):
-        try:
-            timeout = float(raw)
-        except ValueError:
-            timeout = -1.0
-        if not (math.isfinite(timeout) and timeout >= 0):
-            raise pytest.UsageError(f"{where}={raw!r} is not valid: expected seconds >= 0 (0: no limit), e.g. 300")
-    pin = bool(config.getoption("llmcycle_xdist_gpus") or config.getini("llmcycle_xdist_gpus"))
+def _configure_parallel(config: pytest.Config, options: RunOptions) -> None:
     worker_index, worker_count = None, 1
     if config.pluginmanager.hasplugin("xdist"):
         from .run import xdist
@@ -94,63 +34,19 @@ def _configure_parallel(config: pytest.Config) -> None:
         worker_index, worker_count = xdist.worker_of(config)
         xdist.register(config)
     config.stash[PARALLEL_KEY] = {
-        "stage_timeout_s": timeout,
+        "stage_timeout_s": options.stage_timeout_s,
         "worker_index": worker_index,
         "worker_count": worker_count,
-        "pin_gpus": pin,
+        "pin_gpus": options.xdist_gpus,
     }
 
 
-def _addoption_outputs(parser: pytest.Parser, group: Any) -> None:
-    group.addoption(
-        "--llmcycle-report", dest="llmcycle_report", action="append", default=None, metavar="PATH",
-        help="write a report of every stage; format by extension: .md (pull-request comment), .json (tools, "
-        "llmcycle compare), .html (self-contained, with plots). Repeat for several",
-    )
-    group.addoption(
-        "--llmcycle-history", dest="llmcycle_history", default=None, metavar="PATH",
-        help="append each run's stage medians to this SQLite file; the HTML report and `llmcycle history` show the trend",
-    )
-    group.addoption(
-        "--llmcycle-tensorboard", dest="llmcycle_tensorboard", default=None, metavar="LOGDIR",
-        help="also export stage medians as TensorBoard scalars (needs the tensorboard package)",
-    )
-    parser.addini("llmcycle_report", "report files to write (.md, .json, .html), relative to the rootdir", type="args", default=[])
-    parser.addini("llmcycle_history", "SQLite history file, relative to the rootdir", default=None)
-    parser.addini("llmcycle_tensorboard", "TensorBoard log folder, relative to the rootdir", default=None)
-    parser.addini(
-        "llmcycle_step_summary", "append the Markdown report to $GITHUB_STEP_SUMMARY when it is set (default: true)",
-        type="bool", default=True,
-    )
-
-
-def _configure_outputs(config: pytest.Config) -> None:
-    """Resolve output paths once: command line relative to the working folder, ini to the rootdir."""
-    import os
-    from pathlib import Path
-
-    from .reports.outputs import FORMATS, report_format
-
-    def path(cli: Any, ini: Any) -> Any:
-        if cli:
-            return Path(os.path.abspath(os.path.expanduser(cli)))
-        if ini:
-            return config.rootpath / os.path.expanduser(ini)
-        return None
-
-    reports = [path(p, None) for p in config.getoption("llmcycle_report") or []]
-    reports = reports or [path(None, p) for p in config.getini("llmcycle_report")]
-    for p in reports:
-        if report_format(str(p)) is None:
-            raise pytest.UsageError(
-                f"--llmcycle-report {p}: unknown report format {p.suffix or '(no extension)'!r}; "
-                f"end the file name with one of {', '.join(sorted(FORMATS))}"
-            )
+def _configure_outputs(config: pytest.Config, options: RunOptions) -> None:
     config.stash[OUTPUTS_KEY] = {
-        "reports": reports,
-        "history": path(config.getoption("llmcycle_history"), config.getini("llmcycle_history")),
-        "tensorboard": path(config.getoption("llmcycle_tensorboard"), config.getini("llmcycle_tensorboard")),
-        "step_summary": config.getini("llmcycle_step_summary"),
+        "reports": list(options.report),
+        "history": options.history,
+        "tensorboard": options.tensorboard,
+        "step_summary": options.step_summary,
         "messages": [],
     }
 
@@ -180,24 +76,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "llmcycle(" + ", ".join(f"{a}=..." for a in MARKER_ARGS) + "): a latency test; per-test "
         "overrides of the llmcycle settings (threshold is a fraction, budget in seconds)",
     )
-    cli = {name: config.getoption(f"llmcycle_{name}") for name, *_ in _OPTIONS + _FLAGS}
-    ini = {name: config.getini(_ini_name(flag)) for name, flag, *_ in _OPTIONS}
-    ini["strict"] = config.getini("llmcycle_strict")
-    ini["remeasure"] = config.getini("llmcycle_remeasure")
-    ini["machine_check"] = config.getini("llmcycle_machine_check")
+    cli = {o.name: config.getoption(o.dest) for o in OPTIONS if o.flag}
+    ini = {o.name: config.getini(o.ini) for o in OPTIONS if o.ini}
     try:
         settings = resolve(cli, ini)
+        options = resolve_run(cli, ini, config.rootpath)
     except SettingError as e:
         raise pytest.UsageError(str(e)) from None
-    if settings.update_all or settings.update_append:
-        from dataclasses import replace
-
-        settings = replace(settings, update=True, update_all=True)
-    if config.getoption("llmcycle_skip") and config.getoption("llmcycle_only"):
-        raise pytest.UsageError("--llmcycle-skip and --llmcycle-only exclude each other; give one")
     config.stash[SETTINGS_KEY] = settings
-    _configure_outputs(config)
-    _configure_parallel(config)
+    _configure_outputs(config, options)
+    _configure_parallel(config, options)
 
 
 def is_timing_test(item: pytest.Item) -> bool:
