@@ -115,15 +115,37 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
-    timing = [i for i in items if is_timing_test(i)]
-    if not timing:
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own loop (and xdist's on a worker) runs the first test
+def pytest_runtestloop(session: pytest.Session) -> None:
+    # The baselines are read and the device resolved here, when tests are about to run, not at
+    # collection: `pytest --co`, `--llmcycle-skip` and runs whose timing tests are all deselected
+    # then read no baseline file and import no torch. A bad baseline file or device still stops
+    # the run (UsageError, exit code 4) before the first test; the first timing test's setup
+    # would be too late for that, as an error there fails one test and lets the others run.
+    config = session.config
+    if config.option.collectonly:
         return
+    if session.testsfailed and not config.option.continue_on_collection_errors:
+        return  # pytest stops on the collection errors; they are what the user must see
+    if any(is_timing_test(i) for i in session.items):
+        prepare_run(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before fixtures: a bad marker sets up nothing
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A bad @pytest.mark.llmcycle(...) fails its own test, in one line; the other tests run.
+    if item.get_closest_marker("llmcycle") is not None:
+        _settings_or_fail(item)
+
+
+def _settings_or_fail(item: pytest.Item) -> Settings:
     try:
-        for item in timing:
-            item_settings(item)
+        return item_settings(item)
     except SettingError as e:
-        raise pytest.UsageError(str(e)) from None
-    prepare_run(config)
+        problem = str(e)
+    pytest.fail(problem, pytrace=False)  # outside the except: no "During handling of ..." chain
 
 
 def prepare_run(config: pytest.Config) -> Any:
@@ -151,10 +173,9 @@ def llmcycle(request: pytest.FixtureRequest) -> Any:
     """Times the stages of an inference cycle and compares them with committed baselines."""
     from .run.fixture import LLMCycle
 
-    try:
-        settings = item_settings(request.node)
-    except SettingError as e:
-        raise pytest.UsageError(str(e)) from None
+    settings = _settings_or_fail(request.node)  # pytest_runtest_setup has normally failed a bad marker
+    # prepare_run did its work in pytest_runtestloop; here it is a cached lookup, and the
+    # fallback for a test that asks for this fixture by request.getfixturevalue("llmcycle")
     obj = LLMCycle(prepare_run(request.config), request.node.nodeid, settings)
     request.node.stash[FIXTURE_KEY] = obj
     return obj

@@ -208,21 +208,38 @@ def test_a_bad_ini_threshold_is_refused(project):
     assert_one_line_error(project.runpytest(), "ini option llmcycle_threshold='0' is not valid")
 
 
-def test_a_bad_marker_threshold_is_refused(project):
+def assert_only_its_test_fails(result, nodeid: str, *fragments: str) -> str:
+    """A bad marker fails its own test in one line at setup; the project's two tests still pass."""
+    result.assert_outcomes(passed=2, errors=1)
+    everything = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in everything and "INTERNALERROR" not in everything
+    assert "def test_m" not in everything  # pytrace=False: the message, not the test's source
+    lines = [line for line in result.stdout.lines if line.startswith(f"{nodeid}: ")]
+    assert len(lines) == 1, result.stdout.str()
+    for fragment in fragments:
+        assert fragment in lines[0]
+    result.stdout.fnmatch_lines([f"ERROR {nodeid} - *"])
+    return lines[0]
+
+
+def test_a_bad_marker_threshold_fails_only_its_test(project):
     project.makepyfile(test_marked="import pytest\n\n@pytest.mark.llmcycle(threshold=0)\ndef test_m(llmcycle):\n    pass\n")
-    assert_one_line_error(project.runpytest(), "test_marked.py::test_m: @pytest.mark.llmcycle argument threshold=0 is not valid")
+    assert_only_its_test_fails(
+        project.runpytest(), "test_marked.py::test_m", "@pytest.mark.llmcycle argument threshold=0 is not valid", "e.g. 0.10"
+    )
 
 
-def test_an_unknown_marker_argument_is_refused(project):
+def test_an_unknown_marker_argument_fails_only_its_test(project):
     project.makepyfile(test_marked="import pytest\n\n@pytest.mark.llmcycle(treshold=0.2)\ndef test_m(llmcycle):\n    pass\n")
-    result = project.runpytest()
-    assert_one_line_error(result, "test_marked.py::test_m: unknown @pytest.mark.llmcycle argument(s) treshold; allowed: threshold")
-    result.stdout.no_fnmatch_line("*PASSED*")
+    assert_only_its_test_fails(
+        project.runpytest(), "test_marked.py::test_m",
+        "unknown @pytest.mark.llmcycle argument(s) treshold; allowed: threshold", "did you mean threshold?",
+    )
 
 
-def test_positional_marker_arguments_are_refused(project):
+def test_positional_marker_arguments_fail_only_their_test(project):
     project.makepyfile(test_marked="import pytest\n\n@pytest.mark.llmcycle(0.2)\ndef test_m():\n    pass\n")
-    assert_one_line_error(project.runpytest(), "takes keyword arguments only, e.g. threshold=0.1")
+    assert_only_its_test_fails(project.runpytest(), "test_marked.py::test_m", "takes keyword arguments only, e.g. threshold=0.1")
 
 
 def test_an_unavailable_device_is_refused(project):
@@ -239,10 +256,10 @@ def test_skip_and_only_together_are_refused(project):
     assert_one_line_error(project.runpytest("--llmcycle-skip", "--llmcycle-only"), "exclude each other")
 
 
-def test_min_rounds_above_max_rounds_is_refused(project):
+def test_min_rounds_above_max_rounds_fails_only_its_test(project):
     project.makepyfile(test_marked="import pytest\n\n@pytest.mark.llmcycle(min_rounds=50, max_rounds=20)\ndef test_m(llmcycle):\n    pass\n")
     # per-test overrides are checked like global ones
-    assert_one_line_error(project.runpytest(), "test_marked.py::test_m: llmcycle min_rounds=50 exceeds max_rounds=20")
+    assert_only_its_test_fails(project.runpytest(), "test_marked.py::test_m", "llmcycle min_rounds=50 exceeds max_rounds=20")
 
 
 # ----------------------------------------------------------------------------- one file per module

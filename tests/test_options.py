@@ -179,12 +179,39 @@ def test_a_report_with_an_unknown_extension_names_the_file():
 
 # ----------------------------------------------------------------------------- in a real run
 
+TWO_TESTS = """
+import pytest
+
+@pytest.mark.llmcycle(threshold=10)
+def test_percent(llmcycle):
+    pass
+
+def test_other(llmcycle):
+    llmcycle.measure("forward", lambda: sum(range(100)))
+
+def test_plain():
+    pass
+"""
+
+
 def test_a_threshold_in_percent_in_ini_stops_the_session(pytester):
     pytester.makeini("[pytest]\nllmcycle_threshold = 10\n")
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: ini option llmcycle_threshold='10' is not valid: a threshold is a fraction; did you mean 0.10?"])
+
+
+def test_a_threshold_in_percent_in_a_marker_fails_only_that_test(pytester):
+    pytester.makeini("[pytest]\nllmcycle_budget = 0.02\nllmcycle_machine_check = false\n")
+    pytester.makepyfile(test_model=TWO_TESTS)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines([
+        "test_model.py::test_percent: @pytest.mark.llmcycle argument threshold=10 is not valid: "
+        "a threshold is a fraction; did you mean 0.10?",
+    ])
+    assert "Traceback" not in result.stdout.str()
 
 
 def test_llmcycle_compare_checks_its_threshold_and_alpha_like_the_plugin(capsys):
