@@ -1,5 +1,5 @@
 """What a run leaves behind besides the terminal: report files, the GitHub job summary, the
-history store, TensorBoard scalars and JUnit properties.
+history store, TensorBoard scalars, a Weights & Biases run and JUnit properties.
 
 The plugin calls :func:`write_outputs` once at the end of the session (on the controller, not
 on xdist workers) and :func:`junit_properties` per test item. Nothing here times anything.
@@ -145,6 +145,7 @@ def write_outputs(
     history: Path | None = None,
     tensorboard: Path | None = None,
     step_summary: bool = True,
+    wandb: str | None = None,
 ) -> list[tuple[str, bool]]:
     """Write every requested output; returns (message, is_error) lines for the terminal.
 
@@ -189,27 +190,104 @@ def write_outputs(
             messages.append((f"GITHUB_STEP_SUMMARY {summary} NOT written: {e}", True))
     if tensorboard is not None:
         messages.append(export_tensorboard(tensorboard, results, meta))
+    if wandb is not None:
+        messages.append(export_wandb(wandb, results, meta))
     return messages
 
 
+def monitoring_scalars(results: Sequence["StageResult"]) -> dict[str, float]:
+    """The numbers a dashboard follows over runs, one tag each: ``<test>/<stage>/<metric>``.
+
+    Per stage (``cycle`` for a test's cycle row): ``median_ms``, ``change`` (a fraction, against
+    the baseline) and ``cold_ms`` (the first call: compile and first-touch costs), plus its
+    deterministic counters (``flops``, ``aten_ops``, ``alloc_bytes``, ``peak_bytes``). TensorBoard
+    and W&B export the same tags.
+    """
+    out: dict[str, float] = {}
+    for r in results:
+        tag = f"{r.nodeid}/{'cycle' if r.kind == CYCLE else r.stage}"
+        if r.kind == COLD:
+            if r.median_ms is not None:
+                out[f"{tag}/cold_ms"] = float(r.median_ms)
+            continue
+        if r.median_ms is not None:
+            out[f"{tag}/median_ms"] = float(r.median_ms)
+        if r.verdict.change is not None:
+            out[f"{tag}/change"] = float(r.verdict.change)
+        for name, value in sorted(r.counters.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{tag}/{name}"] = float(value)
+    return out
+
+
+def _run_line(meta: dict) -> str:
+    """The run's facts as one line of Markdown (TensorBoard renders its text as Markdown)."""
+    from .escape import md_text
+
+    keys = ("commit", "ref", "device_key", "device_name", "threads", "torch", "transformers", "plugin_version")
+    return ", ".join(f"{k} {md_text(meta[k])}" for k in keys if meta.get(k) is not None)
+
+
 def export_tensorboard(logdir: Path, results: Sequence["StageResult"], meta: dict) -> tuple[str, bool]:
-    """Scalars ``<test>/<stage>/median_ms`` at step = seconds since the epoch; needs tensorboard."""
+    """:func:`monitoring_scalars` at step = seconds since the epoch, so runs line up in time.
+
+    Every run adds an event file to ``logdir``; TensorBoard reads them together, one point per
+    run. The run's commit and device go in as text (``llmcycle/run``). Needs tensorboard.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
     except Exception:
         return ("--llmcycle-tensorboard: the tensorboard package is not installed; scalars not exported", False)
     from datetime import datetime, timezone
 
-    step = int(datetime.now(timezone.utc).timestamp())
-    writer = SummaryWriter(log_dir=str(logdir))
+    now = datetime.now(timezone.utc).timestamp()
+    step = int(now)
+    scalars = monitoring_scalars(results)
     try:
-        for r in results:
-            if r.kind == COLD or r.median_ms is None:
-                continue
-            tag = f"{r.nodeid}/{'cycle' if r.kind == CYCLE else r.stage}"
-            writer.add_scalar(f"{tag}/median_ms", r.median_ms, step)
-            if r.verdict.change is not None:
-                writer.add_scalar(f"{tag}/change", r.verdict.change, step)
-    finally:
-        writer.close()
-    return (f"exported scalars to TensorBoard logdir {logdir}", False)
+        writer = SummaryWriter(log_dir=str(logdir))
+        try:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step, walltime=now)
+            writer.add_text("llmcycle/run", _run_line(meta) or "(no run facts)", step, walltime=now)
+        finally:
+            writer.close()
+    except Exception as e:  # an unwritable logdir: reported, never a failed run
+        return (f"TensorBoard logdir {logdir} NOT written: {type(e).__name__}: {e}", True)
+    return (f"exported {len(scalars)} scalar(s) to TensorBoard logdir {logdir}", False)
+
+
+def export_wandb(project: str, results: Sequence["StageResult"], meta: dict) -> tuple[str, bool]:
+    """One W&B run per pytest run in ``project``: :func:`monitoring_scalars` as one logged step
+    (and so the run's summary), every row in a table (``llmcycle/stages``), the run facts as config.
+
+    Offline unless ``WANDB_MODE`` says otherwise: the run is written under ``WANDB_DIR`` (default
+    ``./wandb``) and nothing touches the network; ``wandb sync`` uploads it. Needs wandb.
+    """
+    try:
+        import wandb  # an optional dependency, imported only when asked for: it loads slowly
+    except Exception:
+        return ("--llmcycle-wandb: the wandb package is not installed; nothing exported", False)
+    scalars = monitoring_scalars(results)
+    mode = os.environ.get("WANDB_MODE") or "offline"
+    columns = ["test", "stage", "kind", "unit", "median_ms", "baseline_ms", "change", "verdict"]
+    rows = [
+        [r.nodeid, r.stage, r.kind, r.unit, r.median_ms, r.baseline.median_ms if r.baseline else None,
+         r.verdict.change, r.outcome]
+        for r in results
+    ]
+    try:
+        run = wandb.init(
+            project=project, job_type="llmcycle", config={k: v for k, v in meta.items() if v is not None},
+            mode=mode, reinit="create_new",  # a run the user's tests left open stays theirs
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+        try:
+            run.log({**scalars, "llmcycle/stages": wandb.Table(columns=columns, data=rows)})  # also the summary
+            where = str(Path(run.dir).parent)
+        finally:
+            run.finish()
+    except Exception as e:  # no API key online, an unwritable WANDB_DIR: reported, never a failed run
+        return (f"W&B run NOT written ({mode}): {type(e).__name__}: {e}", True)
+    if mode == "offline":
+        return (f"wrote offline W&B run {where} ({len(scalars)} scalar(s)); upload it with: wandb sync {where}", False)
+    return (f"logged W&B run {run.id} to project {project} ({len(scalars)} scalar(s))", False)
