@@ -222,6 +222,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tensorboard", "also export stage medians as TensorBoard scalars (needs the tensorboard package)", _str,
            lambda x: bool(x.strip()), "a folder path", None,
            flag="--llmcycle-tensorboard", ini="llmcycle_tensorboard", metavar="LOGDIR", path=True),
+    Option("wandb", "also export stage medians as a Weights & Biases run in this project: offline (under "
+           "WANDB_DIR, uploaded by `wandb sync`) unless WANDB_MODE says otherwise; needs the wandb package", _str,
+           lambda x: bool(x.strip()) and x.isprintable(), "a W&B project name", None,
+           flag="--llmcycle-wandb", ini="llmcycle_wandb", metavar="PROJECT"),
     Option("step_summary", "append the Markdown report to $GITHUB_STEP_SUMMARY when it is set (default: true)",
            default=True, ini="llmcycle_step_summary", ini_type="bool", **_BOOL),
     Option("stage_timeout_s", "hard limit in seconds of one measurement of a stage; a stage past it is stopped at "
@@ -293,6 +297,7 @@ class RunOptions:
     report: tuple[Path, ...] = _default("report")
     history: Path | None = _default("history")
     tensorboard: Path | None = _default("tensorboard")
+    wandb: str | None = _default("wandb")
     step_summary: bool = _default("step_summary")
     #: None: max(300 s, 60x the budget) per stage; 0: no limit
     stage_timeout_s: float | None = _default("stage_timeout_s")

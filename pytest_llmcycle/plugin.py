@@ -46,6 +46,7 @@ def _configure_outputs(config: pytest.Config, options: RunOptions) -> None:
         "reports": list(options.report),
         "history": options.history,
         "tensorboard": options.tensorboard,
+        "wandb": options.wandb,
         "step_summary": options.step_summary,
         "messages": [],
     }
@@ -59,14 +60,14 @@ def _write_outputs(config: pytest.Config, run: Any) -> None:
 
     results = list(run.results) if run is not None else []
     summary = results and out["step_summary"] and os.environ.get("GITHUB_STEP_SUMMARY")
-    if not (out["reports"] or out["history"] or out["tensorboard"] or summary):
+    if not (out["reports"] or out["history"] or out["tensorboard"] or out["wandb"] or summary):
         return
     from .reports.outputs import run_meta, write_outputs
 
     meta = run_meta(run, config.rootpath)
     out["messages"] = write_outputs(
         results, meta, out["reports"], out["history"] if results else None,
-        out["tensorboard"] if results else None, out["step_summary"],
+        out["tensorboard"] if results else None, out["step_summary"], wandb=out["wandb"] if results else None,
     )
 
 
@@ -184,19 +185,33 @@ def llmcycle(request: pytest.FixtureRequest) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     # Judged inside the call phase, so a regression fails *this* item (JUnit, -x, --lf see it).
-    result = yield
-    obj = item.stash.get(FIXTURE_KEY, None)
-    if obj is None:
-        return result
-    failing = obj.finish()
-    from .reports.outputs import junit_properties
-
-    item.user_properties.extend(junit_properties(obj.results))
+    try:
+        result = yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        # The body raised after measuring (an assertion, pytest.fail, a helper's check): its
+        # stages still reach the table, the reports and JUnit, marked as from a failed test.
+        _finish(item, test_failed=True)
+        raise
+    failing = _finish(item)
     if failing:
         from .reports.terminal import failure_message
 
         pytest.fail(failure_message(failing), pytrace=False)
     return result
+
+
+def _finish(item: pytest.Item, test_failed: bool = False) -> list:
+    """Judge the item's remaining stages and add their JUnit properties; the rows that fail it."""
+    obj = item.stash.get(FIXTURE_KEY, None)
+    if obj is None:
+        return []
+    failing = obj.finish(test_failed=test_failed)
+    from .reports.outputs import junit_properties
+
+    item.user_properties.extend(junit_properties(obj.results))
+    return failing
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -220,10 +235,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     run = config.stash.get(RUN_KEY, None)
     if run is None or not (run.results or getattr(run, "write_error", None)):
         return
+    from .reports.escape import visible
     from .reports.terminal import terminal_table
 
     tr = terminalreporter
-    tr.write_sep("-", f"llmcycle: {run.device_key}, {run.threads} thread(s)")
+    tr.write_sep("-", f"llmcycle: {visible(run.device_key)}, {run.threads} thread(s)")
     if run.results:
         tr.write_line(terminal_table(run.results))
     if any(r.verdict.normalised for r in run.results):
@@ -237,6 +253,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         files = sorted(set(run.written_files))
         where = files[0] if len(files) == 1 else f"{len(files)} files ({run.baseline_path})"
         tr.write_line(f"llmcycle: wrote {len(run.written)} baseline entr{'y' if len(run.written) == 1 else 'ies'} to {where}")
+    if run.settings.update:
+        unwritten = sorted({visible(r.nodeid) for r in run.results if r.test_failed})
+        if unwritten:
+            tr.write_line(
+                f"llmcycle: NOT written to the baseline: the stages of {len(unwritten)} failed test(s) "
+                f"({', '.join(unwritten[:3])}{', ...' if len(unwritten) > 3 else ''}); fix them and record again",
+                yellow=True,
+            )
     if getattr(run, "write_error", None):
         tr.write_line(f"llmcycle: {run.write_error}", red=True)
     for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):

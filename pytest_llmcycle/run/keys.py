@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .session import RunState
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
-RUN_KEY = pytest.StashKey["RunState"]()  # created when the first timing test is collected
+RUN_KEY = pytest.StashKey["RunState"]()  # created when a timing test is about to run (pytest_runtestloop)
 FIXTURE_KEY = pytest.StashKey["LLMCycle"]()  # the test's LLMCycle object, on its item
 OUTPUTS_KEY = pytest.StashKey[Any]()  # report/history paths, then the messages their writing left
 PARALLEL_KEY = pytest.StashKey[dict]()  # stage limit and xdist worker facts, for RunState
