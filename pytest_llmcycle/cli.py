@@ -156,12 +156,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
-    from filelock import FileLock
-
     from .reports.escape import visible
-    from .storage.baseline import Baselines, BaselineError, atomic_write_text, lock_path
+    from .storage.baseline import Baselines, BaselineError, atomic_write_text, baseline_lock
 
-    with FileLock(lock_path(path), timeout=60):
+    with baseline_lock(path, timeout_s=60):  # the lock every writer of the file takes
         try:
             b = Baselines.load(path)
         except BaselineError as e:

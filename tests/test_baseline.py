@@ -8,13 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_llmcycle.engine.stats import summarize
 from pytest_llmcycle.storage import baseline as bl
 from pytest_llmcycle.storage.baseline import BaselineError, Baselines, Entry
 
 
-def entry(median=12.3456, samples=(12.0, 12.3456789, 13.0), **kw) -> Entry:
+def entry(median=12.3456, samples=None, **kw) -> Entry:
     kw.setdefault("env", {"threads": 2, "torch": "2.3.0", "dtype": "float32"})
-    return Entry(median_ms=median, q1_ms=12.0, q3_ms=13.0, n=len(samples), samples_ms=tuple(samples), **kw)
+    # by default, samples and quartiles that fit the median: the loader checks them (issue 15)
+    f = median / 12.3456
+    q1, q3 = (12.0 * f, 13.0 * f) if samples is None else (12.0, 13.0)
+    samples = (12.0 * f, 12.3456789 * f, 13.0 * f) if samples is None else samples
+    return Entry(median_ms=median, q1_ms=q1, q3_ms=q3, n=len(samples), samples_ms=tuple(samples), **kw)
 
 
 def sample_file(tmp_path) -> Baselines:
@@ -73,7 +78,8 @@ def test_a_reload_and_re_dump_is_byte_identical(tmp_path):
 )
 def test_any_entry_survives_dump_load_dump_unchanged(tmp_path_factory, xs, stage, env):
     b = Baselines(tmp_path_factory.getbasetemp() / "h.json")
-    b.set_entry("cpu-k", "t.py::test[é]", stage, Entry(max(xs), min(xs), max(xs), len(xs), tuple(xs), env=env))
+    s = summarize(xs)  # numbers that fit the samples: the loader checks them (issue 15)
+    b.set_entry("cpu-k", "t.py::test[é]", stage, Entry(s.median, s.q1, s.q3, len(xs), tuple(xs), env=env))
     text = b.dumps()
     loaded = Baselines.loads(text, b.path)
     assert loaded.dumps() == text
@@ -347,10 +353,10 @@ def test_merge_writes_references_too(tmp_path):
     assert Baselines.load(p).reference("cpu").median_ms == 2.0
 
 
-def test_the_lock_file_lives_outside_the_repository(tmp_path):
-    lock = bl.lock_path(tmp_path / "b.json")
-    assert not lock.startswith(str(tmp_path))
-    assert lock == bl.lock_path(tmp_path / "." / "b.json")
+def test_the_lock_leaves_no_file_in_the_repository(tmp_path):
+    # issue 15: the lock is the file's folder (one lock whatever TMPDIR), so nothing is created
+    bl.merge_into_file(tmp_path / "b.json", [("cpu", "t::t", "s", entry())])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 
 
 # ----------------------------------------------------------------------------- several recording processes

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.engine.stats import summarize
 from pytest_llmcycle.storage.baseline import Entry, merge_into_file
 from pytest_llmcycle.config import Settings
 from pytest_llmcycle.run.fixture import LLMCycle
@@ -235,7 +236,8 @@ def test_scaling_over_sizes_with_a_fake_quadratic_cost(tmp_path, clock):
 
 
 def _write_baseline(lc: LLMCycle, stage: str, samples_ms, counters, unit="call"):
-    e = Entry(1.0, 1.0, 1.0, len(samples_ms), tuple(samples_ms), unit=unit, env=lc.environment(None), counters=counters)
+    s = summarize(samples_ms)  # numbers that fit the samples: the loader checks them (issue 15)
+    e = Entry(s.median, s.q1, s.q3, len(samples_ms), tuple(samples_ms), unit=unit, env=lc.environment(None), counters=counters)
     merge_into_file(lc._run.baseline_path, [(lc.device_key, lc.nodeid, stage, e)])
     lc._run.baselines.forget_loaded()  # re-read
 
@@ -281,7 +283,8 @@ def test_a_counter_that_fell_is_an_improvement(tmp_path):
 def test_counters_are_not_compared_across_environments(tmp_path):
     lc = make(tmp_path)
     samples = [1.0 + 0.001 * i for i in range(30)]
-    e = Entry(1.0, 1.0, 1.0, 30, tuple(samples), env=dict(lc.environment(None), threads=99), counters={"flops": 1})
+    s = summarize(samples)  # numbers that fit the samples: the loader checks them (issue 15)
+    e = Entry(s.median, s.q1, s.q3, 30, tuple(samples), env=dict(lc.environment(None), threads=99), counters={"flops": 1})
     merge_into_file(lc._run.baseline_path, [(lc.device_key, lc.nodeid, "prefill", e)])
     r = lc.record("prefill", _measurement(samples), counters={"flops": 1000})
     assert r.outcome == vd.NOT_COMPARABLE

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..measure import device as devmod
 from ..measure import machine
 from ..measure.lock import DeviceTimingLock
-from ..storage.baseline import Baselines, BaselineFiles, Entry
+from ..storage.baseline import BaselineError, Baselines, BaselineFiles, Entry
 from .results import StageResult
 
 #: the per-stage hard limit when --llmcycle-stage-timeout is not given: this, or 60x the budget
@@ -120,21 +120,48 @@ class RunState:
 
         Each file gets this device's reference workload when it has no usable one (measured
         at most once a run, shared by every file written).
+
+        Every file is checked first (folder, permissions, name length): if one cannot be
+        written, none is, and the error names each such file. A file that still fails while
+        being written (a full disk) does not stop the others; the error then names it and the
+        files that were written, and its entries stay pending.
         """
         if not self.pending:
             return
+        groups = self.baselines.by_file(self.pending)
+        problems = self.baselines.write_problems([path for path, _ in groups])
+        if problems:
+            raise BaselineError(
+                "; ".join(problems) + f" (none of the {len(groups)} baseline file(s) was written)"
+                if len(groups) > 1 else problems[0]
+            )
         measured: Entry | None = None
-        for path, entries in self.baselines.by_file(self.pending):
-            refs = {}
-            if any(k == self.device_key for k, _, _, _ in entries):
-                ref = self.load_baselines(entries[0][1]).reference(self.device_key)
-                if ref is None or not machine.reference_usable(ref, self.threads) or self.settings.update_all:
-                    measured = measured or machine.reference_entry(self.device, self.threads, self.timing_lock())
-                    refs[self.device_key] = measured
-            self.baselines.merge(path, entries, refs, append=self.settings.update_append)
+        failed: list[tuple[Path, list, str]] = []
+        done: list[str] = []
+        for path, entries in groups:
+            try:
+                refs = {}
+                if any(k == self.device_key for k, _, _, _ in entries):
+                    ref = self.load_baselines(entries[0][1]).reference(self.device_key)
+                    if ref is None or not machine.reference_usable(ref, self.threads) or self.settings.update_all:
+                        measured = measured or machine.reference_entry(self.device, self.threads, self.timing_lock())
+                        refs[self.device_key] = measured
+                self.baselines.merge(path, entries, refs, append=self.settings.update_append)
+            except Exception as e:  # the next file may well be writable: try it, then say which failed
+                failed.append((path, entries, str(e) if isinstance(e, (BaselineError, OSError)) else f"{type(e).__name__}: {e}"))
+                continue
+            done.append(str(path))
             self.written_files.append(str(path))
             self.written += [f"{k} {n} {s}" for k, n, s, _ in entries]
-        self.pending = []
+        self.pending = [row for _, entries, _ in failed for row in entries]
+        if failed:
+            if len(groups) == 1:
+                raise BaselineError(failed[0][2])
+            wrote = f"written: {', '.join(done)}" if done else "no file was written"
+            raise BaselineError(
+                f"{len(failed)} of {len(groups)} baseline files failed: "
+                + "; ".join(reason for _, _, reason in failed) + f" ({wrote})"
+            )
 
     # ---- xdist: a worker's run handed to the controller
     def adopt_device(self, device: str | None, device_key: str | None) -> None:

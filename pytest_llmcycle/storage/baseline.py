@@ -14,19 +14,31 @@ exactly which stage moved::
             "<test node id>": {
               "<stage>": {<entry>}
     ...
+      "format": "pytest-llmcycle-baselines",
       "schema": 1
     }
 
-Times are milliseconds rounded to four significant digits.
+Times are milliseconds rounded to four significant digits. The ``format`` field tells a
+baseline file from the other JSON documents pytest-llmcycle writes (a JSON report says
+``pytest-llmcycle-report``); a file without it is one of the previous version and is read.
+The loader refuses what the writer never produces: an entry whose median or quartiles do not
+fit its own samples (a hand edit: the table would show one number, the gate use another),
+nesting deeper than :data:`MAX_DEPTH`. A file keeps its line endings and byte-order mark.
+Writers of one file take turns on a lock of the file's folder (:func:`baseline_lock`), so
+every writer shares it whatever its temp folder; no lock file is created (but where a folder
+cannot be locked: see that function).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import errno
 import json
 import math
 import os
 import re
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from json.encoder import encode_basestring_ascii as _encode_str  # what json.dumps uses for str
@@ -38,6 +50,15 @@ if TYPE_CHECKING:
     from ..engine.verdict import Evidence
 
 SCHEMA_VERSION = 1
+#: The largest counter value read (FLOPs of any real workload are far below; a float holds it)
+MAX_COUNT = 1e30
+#: the ``format`` field of a baseline file (absent in files of the previous version)
+FORMAT = "pytest-llmcycle-baselines"
+#: Deeper nesting is never written by the plugin, and could not be written back (recursion)
+MAX_DEPTH = 32
+#: Relative slack when a stored median or quartile is checked against the stored samples:
+#: both are rounded to SIG_DIGITS (at most 5e-4 each), so 1e-3 accepts every file written.
+CONSISTENCY_TOLERANCE = 1e-3
 ABOUT = "pytest-llmcycle baselines: review changes like code; refresh with pytest --llmcycle-update"
 #: Samples kept per entry: enough for a rank test, few enough to read in a diff.
 STORED_SAMPLES = 64
@@ -49,6 +70,16 @@ MIN_MS, MAX_MS = 1e-9, 1e12
 
 class BaselineError(Exception):
     """A baseline file that cannot be used; the message names the file and the fix."""
+
+
+class NotABaselineFile(BaselineError):
+    """A JSON document that is not a baseline file at all (a JSON report, a package.json).
+
+    ``note`` is the one line shown when such a file in a ``{module}`` folder is skipped."""
+
+    def __init__(self, message: str, note: str) -> None:
+        super().__init__(message)
+        self.note = note
 
 
 def round_sig(x: float, digits: int = SIG_DIGITS) -> float:
@@ -349,27 +380,49 @@ def _fix_hint(path: Path) -> str:
 class Baselines:
     """A validated, in-memory baseline file. Untouched entries round-trip unchanged."""
 
-    def __init__(self, path: Path, raw: dict | None = None) -> None:
+    def __init__(self, path: Path, raw: dict | None = None, *, newline: str = "\n", bom: bool = False) -> None:
         self.path = Path(path)
-        self.raw: dict = raw if raw is not None else {"about": ABOUT, "devices": {}, "schema": SCHEMA_VERSION}
+        self.raw: dict = raw if raw is not None else {
+            "about": ABOUT, "devices": {}, "format": FORMAT, "schema": SCHEMA_VERSION
+        }
+        #: the file's own line ending and byte-order mark, kept when it is written back (a CRLF
+        #: file written as LF would change every line of the diff)
+        self.newline = newline
+        self.bom = bom
 
     # ---- reading
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Baselines":
         """Read and validate ``path``; a missing file is an empty baseline set."""
         p = Path(path)
-        if not p.exists():
+        try:
+            os.stat(p)
+        except FileNotFoundError:  # also a dangling symlink: writing creates its target
             return cls(p)
+        except OSError as e:
+            if e.errno == errno.ENOTDIR:  # a file where a folder should be: check_writable names it
+                return cls(p)
+            if e.errno == errno.ELOOP:
+                raise BaselineError(
+                    f"baseline file {p} is a symlink loop (a link that points back to itself); "
+                    "fix or remove the link, or give another path with --llmcycle-baseline"
+                ) from None
+            raise BaselineError(f"cannot read baseline file {p}: {e}") from None
         if not p.is_file():  # a folder, a FIFO (reading would block), a device
             raise BaselineError(f"baseline file {p} is not a regular file; give the path of a .json file with --llmcycle-baseline")
         try:
-            text = p.read_text(encoding="utf-8")
+            # bytes, not read_text: universal newlines would hide a CRLF file's line endings
+            text = p.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise BaselineError(f"cannot read baseline file {p}: {e}") from None
         return cls.loads(text, p)
 
     @classmethod
     def loads(cls, text: str, path: Path) -> "Baselines":
+        bom = text.startswith("\ufeff")  # editors on Windows add one; json.loads refuses it
+        if bom:
+            text = text[1:]
+        newline = "\r\n" if text.count("\r\n") * 2 > text.count("\n") else "\n"
         if not text.strip():
             raise BaselineError(f"baseline file {path} is empty (truncated?); {_fix_hint(path)}")
         try:
@@ -386,8 +439,9 @@ class Baselines:
             ) from None
         except (ValueError, RecursionError) as e:
             raise BaselineError(f"baseline file {path} is not valid: {e}; {_fix_hint(path)}") from None
+        _check_format(raw, path)
         _validate(raw, path)
-        return cls(path, raw)
+        return cls(path, raw, newline=newline, bom=bom)
 
     def devices(self) -> dict:
         return self.raw.setdefault("devices", {})
@@ -423,9 +477,55 @@ class Baselines:
         return tests.pop(nodeid, None) is not None
 
     def dumps(self) -> str:
+        """The file's text, in its own line endings and with its byte-order mark, if it had them."""
         self.raw["schema"] = SCHEMA_VERSION
+        self.raw["format"] = FORMAT
         self.raw.setdefault("about", ABOUT)
-        return dumps(self.raw)
+        text = dumps(self.raw)
+        if self.newline != "\n":
+            text = text.replace("\n", self.newline)  # JSON strings escape newlines: only line ends change
+        return "\ufeff" + text if self.bom else text
+
+
+def _check_format(raw: Any, path: Path) -> None:
+    """A JSON document that is not a baseline file is refused as such (NotABaselineFile)."""
+    if not isinstance(raw, dict):
+        raise NotABaselineFile(
+            f"baseline file {path} is not a JSON object; {_fix_hint(path)}", f"skipped {path}: not a JSON object"
+        )
+    fmt = raw.get("format", FORMAT)  # absent: a file of the previous version
+    if fmt != FORMAT:
+        what = "a pytest-llmcycle JSON report" if fmt == "pytest-llmcycle-report" else f"a {_short(fmt)} document"
+        raise NotABaselineFile(
+            f"{path} is {what}, not a baseline file (its 'format' is not {FORMAT!r}); "
+            "give --llmcycle-baseline a baseline file, and write reports elsewhere",
+            f"skipped {path}: {what}, not a baseline file",
+        )
+    if "format" not in raw and "schema" not in raw and "devices" not in raw:
+        raise NotABaselineFile(
+            f"{path} is not a baseline file (no 'format', 'schema' or 'devices' field); "
+            "give --llmcycle-baseline a baseline file",
+            f"skipped {path}: not a baseline file (no 'format', 'schema' or 'devices' field)",
+        )
+
+
+_CONTAINERS = frozenset({dict, list})
+
+
+def _depth_exceeds(v: Any, limit: int) -> bool:
+    """Whether ``v`` nests containers deeper than ``limit`` (iterative: no recursion limit)."""
+    stack = [(v, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        kids = obj.values() if type(obj) is dict else obj
+        if not _CONTAINERS & set(map(type, kids)):  # the common case (samples, env): one C-level pass
+            continue
+        for k in kids:
+            if type(k) is dict or type(k) is list:
+                if depth + 1 > limit:
+                    return True
+                stack.append((k, depth + 1))
+    return False
 
 
 def _validate(raw: Any, path: Path) -> None:
@@ -434,6 +534,11 @@ def _validate(raw: Any, path: Path) -> None:
 
     if not isinstance(raw, dict):
         raise BaselineError(f"baseline file {path} is not a JSON object; {_fix_hint(path)}")
+    if _depth_exceeds(raw, MAX_DEPTH):
+        raise BaselineError(
+            f"baseline file {path} nests objects or lists more than {MAX_DEPTH} levels deep, which "
+            f"pytest-llmcycle never writes (a hand edit?); {_fix_hint(path)}"
+        )
     schema = raw.get("schema")
     if not isinstance(schema, int) or isinstance(schema, bool):
         raise BaselineError(f"baseline file {path} has no integer 'schema' field; {_fix_hint(path)}")
@@ -502,8 +607,60 @@ def _validate_entry(entry: Any, where: str, bad) -> None:
     for k in ("env", "counters"):
         if k in entry and not isinstance(entry[k], dict):
             raise bad(where, f"has '{k}' that is not an object")
+    for name, v in (entry.get("counters") or {}).items():
+        # a counter is compared as a float: a 400-digit integer would overflow in the comparison
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not -MAX_COUNT <= v <= MAX_COUNT:
+            raise bad(where, f"has counter {_name(str(name))}={_short(v)}, expected at most {MAX_COUNT:g}")
     if "unit" in entry and not isinstance(entry["unit"], str):
         raise bad(where, "has a 'unit' that is not a string")
+    if entry.get("unit") == "":
+        raise bad(where, "has an empty 'unit' (the plugin writes 'call', 'token', ...)")
+    _check_consistent(entry, samples, where, bad)
+
+
+def _check_consistent(entry: dict, samples: list, where: str, bad) -> None:
+    """The median, quartiles and recording processes' medians must fit the stored samples.
+
+    The gate judges the samples while the table shows ``median_ms``: an edited median would
+    show one number and judge another (and, with ``process_medians_ms``, widen the spread the
+    verdict allows). The stored samples are at most STORED_SAMPLES order statistics spread
+    evenly over all samples (min and max included), so the true p-quantile lies between the
+    stored ones one rank either side of position p*(k-1); rounding adds CONSISTENCY_TOLERANCE.
+    """
+    s = sorted(samples)
+    k = len(s)
+    lo_tol, hi_tol = 1 - CONSISTENCY_TOLERANCE, 1 + CONSISTENCY_TOLERANCE
+    values = {"median_ms": entry["median_ms"]}
+    for name in ("q1_ms", "q3_ms"):
+        if entry.get(name) is not None:
+            values[name] = entry[name]
+    for name, p in (("q1_ms", 0.25), ("median_ms", 0.5), ("q3_ms", 0.75)):
+        if name not in values:
+            continue
+        pos = p * (k - 1)
+        lo = s[max(0, math.floor(pos) - 1)] * lo_tol
+        hi = s[min(k - 1, math.ceil(pos) + 1)] * hi_tol
+        if not lo <= values[name] <= hi:
+            raise bad(
+                where,
+                f"has {name}={_short(values[name])}, which its samples_ms do not give "
+                f"(expected {round_sig(lo / lo_tol)} to {round_sig(hi / hi_tol)}; a hand edit? the gate judges the samples)",
+            )
+    q1, med, q3 = values.get("q1_ms", values["median_ms"]), values["median_ms"], values.get("q3_ms", values["median_ms"])
+    if not (q1 <= med * hi_tol and med <= q3 * hi_tol):
+        raise bad(where, f"has q1_ms={_short(q1)}, median_ms={_short(med)}, q3_ms={_short(q3)} out of order (expected q1 <= median <= q3)")
+    medians = entry.get(PROCESS_MEDIANS)
+    if isinstance(medians, list):
+        for m in medians:
+            # non-numbers are ignored by process_medians(); a number must lie in the pooled range
+            if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 and not (
+                s[0] * lo_tol <= m <= s[-1] * hi_tol
+            ):
+                raise bad(
+                    where,
+                    f"has {PROCESS_MEDIANS} {_short(m)} outside its samples' range "
+                    f"({s[0]:g} to {s[-1]:g}; a hand edit? every recording process's samples are pooled in samples_ms)",
+                )
 
 
 # --------------------------------------------------------------------------- one file, or one per module
@@ -536,6 +693,9 @@ class BaselineFiles:
         self.path = Path(path)
         self.per_module = MODULE_PLACEHOLDER in str(self.path)
         self._loaded: dict[Path, Baselines] = {}
+        #: with ``{module}``: one line per *.json file in the folder that is not a baseline
+        #: file (a JSON report, a package.json), skipped by :meth:`preload`; the plugin shows them
+        self.skipped: list[str] = []
 
     @classmethod
     def at(cls, setting: str, rootdir: str | os.PathLike) -> "BaselineFiles":
@@ -569,10 +729,16 @@ class BaselineFiles:
         import glob
 
         pattern = glob.escape(str(self.path)).replace(MODULE_PLACEHOLDER, "*")
+        self.skipped = []
         for name in sorted(glob.glob(pattern)):
             p = Path(name)
             if p not in self._loaded:
-                self._loaded[p] = Baselines.load(p)
+                try:
+                    self._loaded[p] = Baselines.load(p)
+                except NotABaselineFile as e:
+                    # another tool's file in the folder is none of ours: it only matters when a
+                    # test module's file is one (then load() refuses it, naming it)
+                    self.skipped.append(e.note)
 
     def forget_loaded(self) -> None:
         """Read the baseline files again on next use (after something else wrote them)."""
@@ -581,19 +747,11 @@ class BaselineFiles:
     def check_writable(self) -> str | None:
         """Why the baseline file could not be written, or None; checked before a long run."""
         target = str(self.path).replace(MODULE_PLACEHOLDER, "_")  # per module: its folder
-        p = Path(os.path.realpath(target))  # a symlink is written at its target
-        folder = p.parent
-        while not folder.exists():
-            folder = folder.parent
-        if not folder.is_dir():
-            return f"cannot create the baseline file {p}: {folder} is not a folder"
-        if p.exists() and not os.access(p, os.W_OK):
-            return f"baseline file {p} is not writable"
-        if not os.access(folder, os.W_OK):
-            return f"cannot create the baseline file {p}: folder {folder} is not writable"
-        if p.exists() and p.is_dir():
-            return f"baseline path {p} is a folder; give a .json file path"
-        return None
+        return write_problem(Path(target), check_name=not self.per_module)
+
+    def write_problems(self, paths: Sequence[Path]) -> list[str]:
+        """Why each of ``paths`` could not be written (one line each); empty when all can be."""
+        return [problem for problem in map(write_problem, paths) if problem]
 
     def by_file(self, entries: Sequence[tuple[str, str, str, Entry]]) -> list[tuple[Path, list]]:
         """``(device_key, nodeid, stage, entry)`` rows grouped by the file that holds them, in path order."""
@@ -618,10 +776,146 @@ class BaselineFiles:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def lock_path(path: Path) -> str:
-    """A lock file outside the repo, one per baseline file (keeps the work tree clean)."""
-    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"pytest-llmcycle-{digest}.lock")
+def write_problem(path: Path, *, check_name: bool = True) -> str | None:
+    """Why ``path`` could not be written, or None: what can be known before writing (the
+    folder, permissions, the length of the file's and its temp file's names)."""
+    p = Path(os.path.realpath(path))  # a symlink is written at its target
+    folder = p.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot create the baseline file {p}: {folder} is not a folder"
+    if check_name:  # first: stat() of a name that is too long raises
+        try:
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            name_max = 255
+        longest = len(os.fsencode(_temp_prefix(p.name))) + 8 + len(".tmp")  # mkstemp adds 8 characters
+        if longest > name_max:
+            return (
+                f"cannot write the baseline file {p}: its name is too long ({len(os.fsencode(p.name))} bytes; "
+                f"this file system allows {name_max}, less {longest - len(os.fsencode(p.name))} for the temp file "
+                "written next to it); shorten the test module's name or the --llmcycle-baseline path"
+            )
+    try:
+        exists = p.exists()
+    except OSError as e:
+        return f"cannot write the baseline file {p}: {e}"
+    if exists and p.is_dir():
+        return f"baseline path {p} is a folder; give a .json file path"
+    if exists and not os.access(p, os.W_OK):
+        return f"baseline file {p} is not writable"
+    if not os.access(folder, os.W_OK):
+        return f"cannot create the baseline file {p}: folder {folder} is not writable"
+    return None
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+@contextlib.contextmanager
+def baseline_lock(path: Path, timeout_s: float = 60.0) -> Iterator[None]:
+    """Held by every writer of ``path`` while it re-reads, merges and replaces the file.
+
+    The lock is the file's folder itself (``flock`` on the directory): every process that
+    writes this file takes the same lock whatever its temp folder, user or container, nothing
+    is created in the work tree, and the kernel drops it when a holder dies. The folder is
+    created first (writers create the file in it anyway). Reentrant within a process (one
+    process may lock several files of one folder, as ``llmcycle prune`` does); threads take
+    turns. Where folders cannot be locked (Windows, a network file system that only has write
+    locks), a ``.<name>.lock`` file next to the file (git-ignore ``.*.lock``) does the same.
+    """
+    real = Path(os.path.realpath(path))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - Windows
+        with _lock_file_next_to(real, path, timeout_s):
+            yield
+        return
+    folder = str(real.parent)
+    with _FOLDER_LOCKS_GUARD:
+        held = _FOLDER_LOCKS.setdefault(folder, [threading.RLock(), None, 0])
+    deadline = time.monotonic() + timeout_s
+    if not held[0].acquire(timeout=max(timeout_s, 0)):
+        raise BaselineError(_lock_timeout_message(path, timeout_s))
+    try:
+        if held[2] == 0:
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:
+                fd = None
+            try:
+                locked = fd is not None and _flock_until(fd, deadline, path, timeout_s)
+            except BaseException:
+                os.close(fd)  # type: ignore[arg-type]
+                raise
+            if not locked:  # a file system that cannot lock a folder (NFS emulates flock with write locks)
+                if fd is not None:
+                    os.close(fd)
+                with _lock_file_next_to(real, path, max(0.0, deadline - time.monotonic())):
+                    yield
+                return
+            held[1] = fd
+        held[2] += 1
+        try:
+            yield
+        finally:
+            held[2] -= 1
+            if held[2] == 0:
+                os.close(held[1])  # releases the flock
+                held[1] = None
+    finally:
+        held[0].release()
+
+
+def _flock_until(fd: int, deadline: float, path: Path, timeout_s: float) -> bool:
+    """Lock the open folder ``fd`` exclusively, polling until ``deadline``; False where the file
+    system cannot lock a folder."""
+    import fcntl
+
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise BaselineError(_lock_timeout_message(path, timeout_s)) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        except OSError:
+            return False
+
+
+#: folder -> [thread lock, open folder fd holding the flock, nesting depth] of this process
+_FOLDER_LOCKS: dict[str, list] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _lock_file_next_to(real: Path, path: Path, timeout_s: float) -> Iterator[None]:
+    """The fallback lock: a ``.<name>.lock`` file next to the baseline file (git-ignore it)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(real.parent / f".{real.name}.lock"))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise BaselineError(_lock_timeout_message(path, timeout_s)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _lock_timeout_message(path: Path, timeout_s: float) -> str:
+    return (
+        f"waited {timeout_s:g} s for the write lock of baseline file {path} (its folder), held by another "
+        "process writing it (a stuck pytest-llmcycle run or `llmcycle prune`?); stop that process and "
+        "record again with --llmcycle-update"
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -633,7 +927,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -674,11 +968,12 @@ def merge_into_file(
     Re-reading inside the lock keeps what other processes (xdist workers, a parallel job)
     wrote since this run started. A file that fails validation is never overwritten.
     ``combine(stored, new)``, when given, makes each written entry from the one stored *now*
-    (``--llmcycle-update-append``: two runs appending at once both count).
+    (``--llmcycle-update-append``: two runs appending at once both count). A write that fails
+    (a full disk) raises BaselineError naming the file; the old file is left whole.
     """
-    from filelock import FileLock
-
-    with FileLock(lock_path(path), timeout=timeout_s):
+    with baseline_lock(path, timeout_s):
+        # temp files are removed here, under the lock, and not at load: a reader may not be
+        # allowed to write the folder, and only a writer knows no other writer is mid-write
         remove_stale_temp_files(path)
         current = Baselines.load(path)
         for key, ref in (references or {}).items():
@@ -687,7 +982,15 @@ def merge_into_file(
             entries = [(k, n, s, combine(current.entry(k, n, s), e)) for k, n, s, e in entries]
         for (key, nodeid, stage, _), d in zip(entries, entries_to_json([e for *_, e in entries])):
             current.set_entry_json(key, nodeid, stage, d)
-        atomic_write_text(path, current.dumps())
+        try:
+            atomic_write_text(path, current.dumps())
+        except OSError as e:
+            full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            fix = "free some space there" if full else "make it writable"
+            raise BaselineError(
+                f"cannot write baseline file {path} ({e}); the old file is unchanged: {fix} and record again "
+                "with --llmcycle-update"
+            ) from None
         return current
 
 
