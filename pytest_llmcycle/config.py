@@ -199,6 +199,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("update_append", "add this run to every measured stage's baseline as one more recording process; run "
            "it in a few processes and the verdicts allow for how far their medians differ",  # implies update_all
            default=False, flag="--llmcycle-update-append", **_BOOL),
+    Option("disable", "smoke mode: run each timed function once, untimed, so the tests' assertions still run; "
+           "nothing is judged, no baseline is read or written (excludes --llmcycle-update)", default=False,
+           flag="--llmcycle-disable", ini="llmcycle_disable", ini_type="bool", **_BOOL),
     Option("strict", "fail stages that have no usable baseline", default=False,
            flag="--llmcycle-strict", ini="llmcycle_strict", ini_type="bool", **_BOOL),
     Option("remeasure", "re-measure a stage that looks regressed before failing it (default: true)", default=True,
@@ -275,6 +278,8 @@ class Settings:
     machine_check: bool = _default("machine_check")
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
     counters: bool = _default("counters")
+    #: smoke mode (--llmcycle-disable): every timed callable runs once, untimed and unjudged
+    disable: bool = _default("disable")
 
     def timing_policy(self):
         from .measure.timing import TimingPolicy
@@ -285,6 +290,7 @@ class Settings:
             max_rounds=self.max_rounds,
             warmup_rounds=self.warmup_rounds,
             precision=self.precision,
+            once=self.disable,
         )
 
 
@@ -365,6 +371,12 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any]) -> Settings:
     s = Settings(**{f.name: pick(f.name, cli, ini)[0] for f in fields(Settings)})
     if s.update_all or s.update_append:  # both record every measured stage
         s = replace(s, update=True, update_all=True)
+    if s.disable and s.update:  # a disabled run times nothing, so it has nothing to record
+        where = "--llmcycle-disable" if _given(cli.get("disable")) else "ini option llmcycle_disable"
+        raise SettingError(
+            f"{where} and --llmcycle-update exclude each other: a disabled run times nothing, so it has no "
+            "baseline to record; drop one" + ("" if where.startswith("--") else " (-o llmcycle_disable=false overrides the ini)")
+        )
     _check_rounds(s, "")
     return s
 

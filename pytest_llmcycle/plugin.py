@@ -130,6 +130,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     if session.testsfailed and not config.option.continue_on_collection_errors:
         return  # pytest stops on the collection errors; they are what the user must see
+    if config.stash[SETTINGS_KEY].disable:
+        return  # smoke mode (--llmcycle-disable): nothing is judged, so no baseline is read
     if any(is_timing_test(i) for i in session.items):
         prepare_run(config)
 
@@ -169,15 +171,60 @@ def prepare_run(config: pytest.Config) -> Any:
     return run
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings.disable:  # say it: a smoke run gates nothing
+        return ["llmcycle: disabled (--llmcycle-disable): each timed function runs once, untimed; nothing is judged or recorded"]
+    return []
+
+
+def _progress(config: pytest.Config) -> Any:
+    """The fixture's progress lines, on pytest's terminal past output capture (None without a
+    terminal: an xdist worker's lines would only reach its controller late, as one block)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or hasattr(config, "workerinput"):
+        return None
+    from contextlib import nullcontext
+
+    from .run.fixture import Progress
+
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+            tr.write_line(line)
+
+    return Progress(write, config.get_verbosity())
+
+
 @pytest.fixture
 def llmcycle(request: pytest.FixtureRequest) -> Any:
-    """Times the stages of an inference cycle and compares them with committed baselines."""
+    """Times the stages of an inference cycle; each stage is judged against its committed baseline.
+    llmcycle.measure(stage, fn, setup=None): time fn() (warm-up, adaptive rounds); setup() runs untimed before each call
+    with llmcycle.stage(name): ...: time each run of the block (loop it 10+ times to gate it)
+    llmcycle.record(stage, measurement): judge a Measurement taken by your own timer
+    llmcycle.generate(model, inputs, max_new_tokens) / llmcycle.tokens(loop): prefill, per-token decode, e2e
+    llmcycle.train_step(loss_fn, model=, optimizer=): forward, backward and optimizer stages
+    llmcycle.counted(stage, fn): measure() plus FLOP, aten-op and byte counters
+    llmcycle.scaling(stage, make, sizes): cost against input size, a power-law fit
+    llmcycle.ab(a, b): speedup of b over a with a 95% interval, no baseline needed
+    llmcycle.device: the torch.device to put models and inputs on
+    A regression fails the test after its body. --llmcycle-disable: each timed function runs once, untimed.
+
+    Each stage: the first call is reported as cold, then warm-up and rounds until the budget
+    (``--llmcycle-budget``) is spent or the median is precise; a stage that looks slower is
+    re-measured before it fails. ``--llmcycle-update`` records baselines (commit the file).
+    Per test: ``@pytest.mark.llmcycle(threshold=0.1, budget=2.0, ...)``. All options:
+    ``pytest --help``, section llmcycle.
+    """
     from .run.fixture import LLMCycle
 
     settings = _settings_or_fail(request.node)  # pytest_runtest_setup has normally failed a bad marker
     # prepare_run did its work in pytest_runtestloop; here it is a cached lookup, and the
-    # fallback for a test that asks for this fixture by request.getfixturevalue("llmcycle")
-    obj = LLMCycle(prepare_run(request.config), request.node.nodeid, settings)
+    # fallback for a test that asks for this fixture by request.getfixturevalue("llmcycle").
+    # A smoke run (--llmcycle-disable) reads no baseline and resolves no device it does not use.
+    run = get_run(request.config) if settings.disable else prepare_run(request.config)
+    obj = LLMCycle(run, request.node.nodeid, settings, progress=_progress(request.config))
     request.node.stash[FIXTURE_KEY] = obj
     return obj
 

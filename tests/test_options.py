@@ -13,13 +13,13 @@ from pytest_llmcycle.config import MARKER_ARGS, OPTION, OPTIONS, RunOptions, Set
 
 #: every flag and ini option the plugin had before the table: none may go missing
 FLAGS = [
-    "--llmcycle-baseline", "--llmcycle-threshold", "--llmcycle-alpha", "--llmcycle-budget", "--llmcycle-min-rounds",
+    "--llmcycle-disable", "--llmcycle-baseline", "--llmcycle-threshold", "--llmcycle-alpha", "--llmcycle-budget", "--llmcycle-min-rounds",
     "--llmcycle-device", "--llmcycle-device-key", "--llmcycle-threads", "--llmcycle-update", "--llmcycle-update-all",
     "--llmcycle-update-append", "--llmcycle-strict", "--llmcycle-skip", "--llmcycle-only", "--llmcycle-report",
     "--llmcycle-history", "--llmcycle-tensorboard", "--llmcycle-wandb", "--llmcycle-stage-timeout", "--llmcycle-xdist-gpus",
 ]
 INI_NAMES = [
-    "llmcycle_baseline", "llmcycle_threshold", "llmcycle_alpha", "llmcycle_budget", "llmcycle_min_rounds",
+    "llmcycle_disable", "llmcycle_baseline", "llmcycle_threshold", "llmcycle_alpha", "llmcycle_budget", "llmcycle_min_rounds",
     "llmcycle_device", "llmcycle_device_key", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure",
     "llmcycle_machine_check", "llmcycle_report", "llmcycle_history", "llmcycle_tensorboard", "llmcycle_wandb", "llmcycle_step_summary",
     "llmcycle_stage_timeout", "llmcycle_xdist_gpus",

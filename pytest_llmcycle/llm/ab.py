@@ -49,6 +49,8 @@ class ABResult:
     cold_b_ms: float | None = None
     counters_a: dict = field(default_factory=dict)
     counters_b: dict = field(default_factory=dict)
+    #: False in smoke mode (--llmcycle-disable): each path ran once, so nothing is asserted on the speedup
+    timed: bool = True
 
     @property
     def median_a_ms(self) -> float:
@@ -94,6 +96,9 @@ class ABResult:
         is below ``at_least``); ``strict=True`` demands that it surely holds (the whole
         interval at or above it).
         """
+        if not self.timed:  # one cold call a side is no evidence either way
+            r = self.samples_a_ms[0] / self.samples_b_ms[0]
+            return Speedup(r, r, r, math.nan)
         e = self.estimate
         bad = e.lo < at_least if strict else e.hi < at_least
         if bad:
@@ -132,6 +137,8 @@ def run_ab(
         return float(clock() - t0)
 
     cold_a, cold_b = once(a), once(b)
+    if policy.once:  # smoke mode: each path ran once; nothing to compare
+        return [max(cold_a, 1.0)], [max(cold_b, 1.0)], cold_a, cold_b
     numbers = []
     for fn in (a, b):
         one = max(once(fn), 1.0)

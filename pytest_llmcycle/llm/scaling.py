@@ -9,7 +9,7 @@ contributes no noise, so a fit of counters alone has a zero-width interval.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +31,8 @@ class PowerFit:
     medians: tuple
     what: str = "time"
     unit: str = "ms"
+    #: False in smoke mode (--llmcycle-disable): fitted to single cold calls, so check() asserts nothing
+    timed: bool = True
 
     @property
     def local_exponents(self) -> tuple:
@@ -59,6 +61,8 @@ class PowerFit:
         A noisy fit whose interval still includes the bound passes: only growth that is
         surely worse (or surely better) than asserted fails.
         """
+        if not self.timed:
+            return
         problems = []
         if at_most is not None and self.lo > at_most:
             problems.append(f"grows faster than size^{at_most:g}: the whole 95% CI is above {at_most:g}")
@@ -135,11 +139,14 @@ class ScalingResult:
     samples_ms: tuple  # one tuple of samples per size
     counters: tuple = ()  # one dict per size (empty without counters)
     stage_results: tuple = field(default=(), compare=False)  # recorded StageResults, when asked
+    #: False in smoke mode (--llmcycle-disable): one untimed call per size, no counters; asserts nothing
+    timed: bool = True
 
     def fit(self, metric: str = "time") -> PowerFit:
         """The power-law fit of time (median, with a bootstrap interval) or of a counter."""
         if metric == "time":
-            return fit_power_law(self.sizes, self.samples_ms, what=f"{self.stage} time", unit="ms")
+            f = fit_power_law(self.sizes, self.samples_ms, what=f"{self.stage} time", unit="ms")
+            return f if self.timed else replace(f, timed=False)
         if not self.counters or any(metric not in c for c in self.counters):
             raise KeyError(f"counter {metric!r} was not taken for every size (counters: {sorted(self.counters[0]) if self.counters else []})")
         return fit_power_law(self.sizes, [[c[metric]] for c in self.counters], what=f"{self.stage} {metric}", unit="count")
@@ -149,7 +156,12 @@ class ScalingResult:
         return self.fit().exponent
 
     def assert_exponent(self, at_most: float | None = None, at_least: float | None = None, metric: str = "time") -> PowerFit:
-        """Fail (with the fitted exponent and the table of sizes) when growth is outside the bounds."""
+        """Fail (with the fitted exponent and the table of sizes) when growth is outside the bounds.
+
+        In smoke mode (``--llmcycle-disable``) nothing was measured: returns None, asserting nothing.
+        """
+        if not self.timed:
+            return None  # type: ignore[return-value]
         f = self.fit(metric)
         f.check(at_most, at_least, label=f"{self.stage} ({metric})")
         return f

@@ -45,6 +45,12 @@ class HelperSettings(Protocol):
         """The stage's budget, rounds and precision."""
         ...
 
+    @property
+    def disable(self) -> bool:
+        """Smoke mode (``--llmcycle-disable``): each callable runs once (the policy says ``once``),
+        untimed and uncounted, and the results assert nothing about speed."""
+        ...
+
 
 @runtime_checkable
 class Recorder(Protocol):
@@ -105,6 +111,8 @@ class GenerationResult:
     step_counters: tuple = ()  # counters of each decode step (gap i), for position fits
     compile_calls: int = 0
     compiles_while_timing: int = 0
+    #: False in smoke mode (--llmcycle-disable): the numbers are those of one cold call
+    timed: bool = True
 
     @property
     def ttft_ms(self) -> float:
@@ -129,7 +137,8 @@ class GenerationResult:
 
         if metric == "time":
             positions, groups = decode.by_position(self.calls, self.prompt_length)
-            return scaling.fit_power_law(positions, [[g / 1e6 for g in grp] for grp in groups], what="decode step time", unit="ms")
+            f = scaling.fit_power_law(positions, [[g / 1e6 for g in grp] for grp in groups], what="decode step time", unit="ms")
+            return f if self.timed else replace(f, timed=False)
         if not self.step_counters:
             raise KeyError("no per-step counters: run with counters enabled and at least two tokens")
         positions = [self.prompt_length + i + 1 for i in range(len(self.step_counters))]
@@ -302,6 +311,8 @@ class LLMStages:
 
     # ------------------------------------------------------------------ helpers
     def _counting(self, counters: bool | None) -> bool:
+        if self.recorder.settings.disable:  # smoke mode: the one call is the only call
+            return False
         on = self.recorder.settings.counters if counters is None else bool(counters)
         return on and "torch" in sys.modules
 
@@ -514,6 +525,7 @@ class LLMStages:
             step_counters=step_counters,
             compile_calls=first.compile_calls,
             compiles_while_timing=first.compiles_while_timing,
+            timed=not rec.settings.disable,
         )
 
     # ------------------------------------------------------------------ training step
@@ -695,6 +707,7 @@ class LLMStages:
             samples_ms=tuple(samples),
             counters=tuple(counted) if len(counted) == len(sizes) else (),
             stage_results=tuple(results),
+            timed=not rec.settings.disable,
         )
 
     # ------------------------------------------------------------------ A/B
@@ -737,7 +750,7 @@ class LLMStages:
         with rec.timed_section("/".join(names)) as deadline:
             sa, sb, ca, cb = run_ab(deadline.wrap(ra), deadline.wrap(rb), rec.device_str, policy, rec.clock)
             cnt_a = cnt_b = None
-            if counters and "torch" in sys.modules:
+            if counters and "torch" in sys.modules and not rec.settings.disable:
                 cnt_a = self._count_call(names[0], ra)
                 cnt_b = self._count_call(names[1], rb)
         return ABResult(
@@ -749,4 +762,5 @@ class LLMStages:
             cold_b_ms=cb / 1e6,
             counters_a=dict(cnt_a or {}),
             counters_b=dict(cnt_b or {}),
+            timed=not rec.settings.disable,
         )

@@ -18,6 +18,8 @@ Clock = Callable[[], int]
 #: One round: runs the workload and returns one or more samples in nanoseconds
 #: (one per call, or one per generated token).
 RoundFn = Callable[[], List[float]]
+#: Runs before each timed call, outside the timed region; returns None or ``(args, kwargs)`` for the call.
+SetupFn = Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class TimingPolicy:
     precision: float = 0.005
     #: calls shorter than this are batched so clock overhead stays below ~0.1 %
     min_sample_s: float = 100e-6
+    #: smoke mode (--llmcycle-disable): one call, no warm-up, no rounds; its time is not a measurement
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,41 @@ class Measurement:
         return self.summary.median
 
 
-def call_round(fn: Callable[[], Any], sync: Callable[[], None], clock: Clock, number: int = 1) -> RoundFn:
-    """Wall-clock round: synchronize, run ``number`` calls, synchronize, divide."""
+def prepared(setup: SetupFn | None) -> tuple[tuple, dict]:
+    """Run ``setup()`` and return the ``(args, kwargs)`` of the call it prepares (none when it returns None)."""
+    __tracebackhide__ = True
+    if setup is None:
+        return (), {}
+    got = setup()
+    if got is None:
+        return (), {}
+    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], (tuple, list)) and isinstance(got[1], dict):
+        return tuple(got[0]), got[1]
+    raise TypeError(
+        "llmcycle: setup() must return None or (args, kwargs) for the timed call, e.g. "
+        f"`return (batch,), {{}}`; got {type(got).__name__}"
+    )
+
+
+def call_round(
+    fn: Callable[..., Any], sync: Callable[[], None], clock: Clock, number: int = 1, setup: SetupFn | None = None,
+) -> RoundFn:
+    """Wall-clock round: synchronize, run ``number`` calls, synchronize, divide.
+
+    With ``setup`` a round is one call (``number`` is 1) and ``setup()`` runs before the first
+    synchronization, outside the timed region.
+    """
+    if setup is not None:
+
+        def run_setup() -> List[float]:
+            args, kwargs = prepared(setup)
+            sync()
+            t0 = clock()
+            fn(*args, **kwargs)
+            sync()
+            return [float(clock() - t0)]
+
+        return run_setup
 
     def run() -> List[float]:
         sync()
@@ -72,8 +109,12 @@ def call_round(fn: Callable[[], Any], sync: Callable[[], None], clock: Clock, nu
     return run
 
 
-def cuda_event_round(fn: Callable[[], Any], device: str, number: int = 1) -> RoundFn:
-    """CUDA round timed by device events, so queued kernels are counted, not just launches."""
+def cuda_event_round(fn: Callable[..., Any], device: str, number: int = 1, setup: SetupFn | None = None) -> RoundFn:
+    """CUDA round timed by device events, so queued kernels are counted, not just launches.
+
+    ``setup()`` (then one call a round) runs before the synchronization that precedes the
+    start event, so its kernels are done before the timed region begins.
+    """
     import torch
 
     dev = torch.device(device)
@@ -81,10 +122,14 @@ def cuda_event_round(fn: Callable[[], Any], device: str, number: int = 1) -> Rou
     end = torch.cuda.Event(enable_timing=True)
 
     def run() -> List[float]:
+        args, kwargs = prepared(setup)
         torch.cuda.synchronize(dev)
         start.record()
-        for _ in range(number):
-            fn()
+        if setup is None:
+            for _ in range(number):
+                fn()
+        else:
+            fn(*args, **kwargs)
         end.record()
         end.synchronize()
         return [start.elapsed_time(end) * 1e6 / number]
@@ -92,10 +137,12 @@ def cuda_event_round(fn: Callable[[], Any], device: str, number: int = 1) -> Rou
     return run
 
 
-def make_round(fn: Callable[[], Any], device: str, clock: Clock, number: int = 1) -> RoundFn:
+def make_round(fn: Callable[..., Any], device: str, clock: Clock, number: int = 1, setup: SetupFn | None = None) -> RoundFn:
+    if setup is not None:
+        number = 1  # each call gets its own fresh inputs: no batching
     if device_kind(device) == "cuda" and clock is time.perf_counter_ns:
-        return cuda_event_round(fn, device, number)
-    return call_round(fn, synchronizer(device), clock, number)
+        return cuda_event_round(fn, device, number, setup)
+    return call_round(fn, synchronizer(device), clock, number, setup)
 
 
 def run_rounds(
@@ -153,29 +200,39 @@ def run_rounds(
 
 
 def time_callable(
-    fn: Callable[[], Any],
+    fn: Callable[..., Any],
     device: str,
     policy: TimingPolicy,
     clock: Clock = time.perf_counter_ns,
+    setup: SetupFn | None = None,
 ) -> Measurement:
-    """Time ``fn``: a cold first call on its own, then calibrated, warmed-up rounds."""
+    """Time ``fn``: a cold first call on its own, then calibrated, warmed-up rounds.
+
+    ``setup()``, when given, runs before every call (the cold one, warm-up and timed rounds)
+    outside the timed region; it may return ``(args, kwargs)`` for that call, like
+    pytest-benchmark's ``pedantic(setup=...)``. Calls are then not batched (one per sample).
+    With ``policy.once`` (smoke mode) ``fn`` runs exactly once and that call is the only sample.
+    """
     sync = synchronizer(device)
+
+    def one_call() -> float:
+        args, kwargs = prepared(setup)
+        sync()
+        t0 = clock()
+        fn(*args, **kwargs)
+        sync()
+        return float(clock() - t0)
+
     # The cold call includes compilation, lazy init and allocator first-touch: reported, never gated.
-    sync()
-    t0 = clock()
-    fn()
-    sync()
-    cold = float(clock() - t0)
+    cold = one_call()
+    if policy.once:
+        return Measurement(samples_ns=(max(cold, 1.0),), unit="call", rounds=1, spent_s=cold / 1e9, stopped_by="once")
     # A second call sizes the batch: first-call costs would make it too small.
-    sync()
-    t0 = clock()
-    fn()
-    sync()
-    one = max(float(clock() - t0), 1.0)
+    one = max(one_call(), 1.0)
     number = 1
-    if one < policy.min_sample_s * 1e9:
+    if setup is None and one < policy.min_sample_s * 1e9:
         number = int(min(10_000, math.ceil(policy.min_sample_s * 1e9 / one)))
-    round_fn = make_round(fn, device, clock, number)
+    round_fn = make_round(fn, device, clock, number, setup)
     return run_rounds(round_fn, policy, clock, unit="call", number=number, cold_ns=cold, warmup_rounds=2)
 
 

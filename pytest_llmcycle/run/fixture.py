@@ -1,7 +1,9 @@
 """The ``llmcycle`` fixture object: times a test's stages and judges each against its baseline.
 
 It orchestrates (timer -> verdict -> re-measure -> result); the timing, statistics, storage
-and rendering live in their own modules.
+and rendering live in their own modules. It also owns smoke mode (``--llmcycle-disable``: each
+timed callable runs once, untimed, unjudged) and the progress lines written between timed
+sections (:class:`Progress`).
 """
 from __future__ import annotations
 
@@ -22,13 +24,41 @@ from .session import RunState
 from ..llm.ab import ABResult
 from ..llm.scaling import ScalingResult
 from ..llm.stages import GenerationResult, LLMStages, TrainStepResult
-from ..measure.timing import Clock, Measurement, pinned_threads, time_callable
+from ..measure.timing import Clock, Measurement, SetupFn, pinned_threads, time_callable
 
 #: Unicode categories refused in stage names: control (newline, tab, escape), format (zero-width,
 #: bidi overrides), line and paragraph separators
 _CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 #: outcomes whose entries --llmcycle-update rewrites (an "ok" entry stays, so diffs stay small)
 CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
+
+#: why a stage of a smoke run (--llmcycle-disable) has no numbers and no verdict
+NOT_TIMED = "not timed (--llmcycle-disable)"
+#: a timed section whose budget or duration reaches this is announced at the default verbosity
+LONG_STAGE_S = 5.0
+
+
+class Progress:
+    """Progress lines on the terminal while a test times its stages.
+
+    ``llmcycle: timing <nodeid> <stage> ...`` before a timed section with ``-v``, or at the
+    default verbosity when the stage's budget is LONG_STAGE_S or more; ``llmcycle: timed ...
+    in N s`` after a section that took that long. Nothing with ``-q``. Lines are written only
+    between timed sections (before the device lock is taken, after it is released), never
+    while a round runs, so they cost the measurement nothing.
+    """
+
+    def __init__(self, write: Callable[[str], None], verbosity: int) -> None:
+        self.write = write
+        self.verbosity = verbosity
+
+    def starting(self, nodeid: str, stage: str, budget_s: float) -> None:
+        if self.verbosity > 0 or (self.verbosity == 0 and budget_s >= LONG_STAGE_S):
+            self.write(f"llmcycle: timing {nodeid} {stage} (budget {budget_s:g} s) ...")
+
+    def finished(self, nodeid: str, stage: str, spent_s: float) -> None:
+        if self.verbosity >= 0 and spent_s >= LONG_STAGE_S:
+            self.write(f"llmcycle: timed {nodeid} {stage} in {spent_s:.1f} s")
 
 
 class StageDeadline:
@@ -128,8 +158,10 @@ class LLMCycle:
     as soon as it is measured; the test fails after its body, with all stages' verdicts.
     """
 
-    def __init__(self, run: RunState, nodeid: str, settings: Settings) -> None:
+    def __init__(self, run: RunState, nodeid: str, settings: Settings, progress: Progress | None = None) -> None:
         self._run = run
+        #: where "timing <stage> ..." lines go (None: nowhere)
+        self._progress = progress
         self.nodeid = nodeid
         self.settings = settings
         self.results: list[StageResult] = []
@@ -176,8 +208,22 @@ class LLMCycle:
         return env
 
     # ------------------------------------------------------------------ timing
-    def measure(self, stage: str, fn: Callable[[], Any], *, dtype: str | None = None, cycle: bool = True) -> StageResult:
-        """Time ``fn()`` (warm-up, adaptive rounds, device sync) as ``stage`` and judge it."""
+    def measure(
+        self,
+        stage: str,
+        fn: Callable[..., Any],
+        *,
+        setup: SetupFn | None = None,
+        dtype: str | None = None,
+        cycle: bool = True,
+    ) -> StageResult:
+        """Time ``fn()`` (warm-up, adaptive rounds, device sync) as ``stage`` and judge it.
+
+        ``setup()``, when given, runs before every call of ``fn`` outside the timed region (fresh
+        inputs, a cleared cache); it returns None or ``(args, kwargs)`` for that call, as in
+        pytest-benchmark's ``pedantic``. Calls are then timed one per sample, not batched. In
+        smoke mode (``--llmcycle-disable``) ``fn`` runs once, untimed, and nothing is judged.
+        """
         __tracebackhide__ = True
         self._check_stage(stage)
         if not callable(fn):
@@ -185,12 +231,18 @@ class LLMCycle:
                 f"llmcycle.measure({stage!r}, fn): fn must be a callable that runs the stage once, got "
                 f"{type(fn).__name__} (a result, not a function): pass e.g. `lambda: model(ids)`"
             )
+        if setup is not None and not callable(setup):
+            raise TypeError(
+                f"llmcycle.measure({stage!r}, fn, setup=...): setup must be a callable run before each call, got "
+                f"{type(setup).__name__}: pass e.g. `setup=lambda: ((make_batch(),), {{}})`"
+            )
         policy = self.settings.timing_policy()
-        dev = self._run.device
+        # smoke mode synchronizes nothing (nothing is timed), so resolving the device (torch) is not needed
+        dev = "cpu" if self.settings.disable else self._run.device
 
         def take() -> Measurement:
             with self.timed_section(stage) as deadline:
-                return time_callable(deadline.wrap(fn), dev, policy, self.clock)
+                return time_callable(deadline.wrap(fn), dev, policy, self.clock, setup=setup)
 
         return self.record(stage, take(), remeasure=take, dtype=dtype or devmod.dtype_of(fn), cycle_weight=1.0 if cycle else 0.0)
 
@@ -204,6 +256,10 @@ class LLMCycle:
         __tracebackhide__ = True
         if name not in self._blocks:
             self._check_stage(name)  # first run of this block: the same name rules as measure()
+        if self.settings.disable:  # smoke mode: the block runs, untimed
+            self._blocks.setdefault(name, [])
+            yield
+            return
         sync = devmod.synchronizer(self._run.device)
         started = self._block_started.setdefault(name, time.monotonic())
         with self._run.timing_lock(), pinned_threads(self.threads):
@@ -228,9 +284,17 @@ class LLMCycle:
         Helpers with their own timers use it around each measurement they take, and wrap the
         timed callable with ``deadline.wrap(fn)`` (or call ``deadline.check()`` between calls).
         """
+        if self.settings.disable:  # smoke mode: one untimed call; no lock to wait for, no limit
+            yield StageDeadline(stage, None)
+            return
         limit = self._run.stage_limit_s(self.settings.budget_s)
+        if self._progress is not None:
+            self._progress.starting(self.nodeid, stage, self.settings.budget_s)
+        t0 = self.clock()
         with self._run.timing_lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
             yield deadline
+        if self._progress is not None:
+            self._progress.finished(self.nodeid, stage, (self.clock() - t0) / 1e9)
 
     def record(
         self,
@@ -251,6 +315,8 @@ class LLMCycle:
         __tracebackhide__ = True
         self._check_stage(stage)
         _check_measurement(stage, measurement, "measurement")
+        if self.settings.disable:
+            return self._not_timed(stage, measurement.unit, cycle_weight)
         entry = self._baseline(stage)
         env = self.environment(dtype)
         cur = ns_to_ms(measurement.samples_ns)
@@ -300,6 +366,15 @@ class LLMCycle:
             )
         if stage in self._weights or stage in self._blocks:
             raise ValueError(f"stage {stage!r} was already measured in this test; give each stage its own name")
+
+    def _not_timed(self, stage: str, unit: str, weight: float) -> StageResult:
+        """A smoke run's stage: no numbers, no verdict, not reported; its name is taken all the same."""
+        self._weights[stage] = weight
+        s = self.settings
+        return StageResult(
+            nodeid=self.nodeid, stage=stage, device_key=s.device_key or "", unit=unit,
+            verdict=vd.Verdict("info", s.threshold, s.threshold, reason=NOT_TIMED),
+        )
 
     def _baseline(self, stage: str) -> Entry | None:
         return self._run.load_baselines(self.nodeid).entry(self.device_key, self.nodeid, stage)
@@ -383,8 +458,10 @@ class LLMCycle:
 
         ``test_failed``: the test body raised after measuring. Its stages are still judged and
         reported (marked as from a failed test), never written as baselines, and fail nothing
-        more: the test already fails.
+        more: the test already fails. A smoke run (``--llmcycle-disable``) has no rows.
         """
+        if self.settings.disable:
+            return []
         self._finish_blocks()
         self._finish_cycle()
         s = self.settings
