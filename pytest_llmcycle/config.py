@@ -199,11 +199,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("update_append", "add this run to every measured stage's baseline as one more recording process; run "
            "it in a few processes and the verdicts allow for how far their medians differ",  # implies update_all
            default=False, flag="--llmcycle-update-append", **_BOOL),
+    Option("update_force", "record even when the machine reads more than 35%% off the speed its stored reference "
+           "was timed at (implies --llmcycle-update; without it such a test's stages are not written)",
+           default=False, flag="--llmcycle-update-force", **_BOOL),
     Option("disable", "smoke mode: run each timed function once, untimed, so the tests' assertions still run; "
            "nothing is judged, no baseline is read or written (excludes --llmcycle-update)", default=False,
            flag="--llmcycle-disable", ini="llmcycle_disable", ini_type="bool", **_BOOL),
     Option("strict", "fail stages that have no usable baseline", default=False,
            flag="--llmcycle-strict", ini="llmcycle_strict", ini_type="bool", **_BOOL),
+    Option("strict_all", "fail every stage that was not judged: new, not comparable and inconclusive (implies "
+           "--llmcycle-strict)", default=False,
+           flag="--llmcycle-strict-all", ini="llmcycle_strict_all", ini_type="bool", **_BOOL),
     Option("remeasure", "re-measure a stage that looks regressed before failing it (default: true)", default=True,
            ini="llmcycle_remeasure", marker="remeasure", **_BOOL),
     Option("machine_check", "time a reference workload when a stage looks slower, to tell a slower machine from "
@@ -270,10 +276,14 @@ class Settings:
     threads: int | None = _default("threads")
     baseline: str = _default("baseline")
     strict: bool = _default("strict")
+    #: also fail inconclusive stages (implies strict)
+    strict_all: bool = _default("strict_all")
     update: bool = _default("update")
     update_all: bool = _default("update_all")
     #: add this run to each baseline as one more recording process (implies update_all)
     update_append: bool = _default("update_append")
+    #: store a recording even when the machine reads far off its stored reference speed (implies update)
+    update_force: bool = _default("update_force")
     remeasure: bool = _default("remeasure")
     machine_check: bool = _default("machine_check")
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
@@ -371,6 +381,10 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any]) -> Settings:
     s = Settings(**{f.name: pick(f.name, cli, ini)[0] for f in fields(Settings)})
     if s.update_all or s.update_append:  # both record every measured stage
         s = replace(s, update=True, update_all=True)
+    if s.update_force:
+        s = replace(s, update=True)
+    if s.strict_all:
+        s = replace(s, strict=True)
     if s.disable and s.update:  # a disabled run times nothing, so it has nothing to record
         where = "--llmcycle-disable" if _given(cli.get("disable")) else "ini option llmcycle_disable"
         raise SettingError(

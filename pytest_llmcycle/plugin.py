@@ -133,7 +133,19 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if config.stash[SETTINGS_KEY].disable:
         return  # smoke mode (--llmcycle-disable): nothing is judged, so no baseline is read
     if any(is_timing_test(i) for i in session.items):
-        prepare_run(config)
+        _write_header(config, prepare_run(config))
+
+
+def _write_header(config: pytest.Config, run: Any) -> None:
+    # The first line of a timed run says which file and which key it judges against, so a moved
+    # rootdir (another file), a new runner's key or a stray mode shows before any verdict.
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or hasattr(config, "workerinput"):  # xdist: the controller's summary says it
+        return
+    from .reports.terminal import run_header, run_mode
+
+    exists = None if run.baselines.per_module else run.baseline_path.exists()
+    tr.write_line(run_header(run.shown_path(), exists, run.device_key, run.threads, run.settings.threshold, run_mode(run.settings)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before fixtures: a bad marker sets up nothing
@@ -283,14 +295,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if run is None or not (run.results or getattr(run, "write_error", None)):
         return
     from .reports.escape import visible
-    from .reports.terminal import terminal_table
+    from .reports.terminal import not_judged_line, refusal_lines, terminal_table, warning_lines
 
     tr = terminalreporter
-    tr.write_sep("-", f"llmcycle: {visible(run.device_key)}, {run.threads} thread(s)")
+    tr.write_sep(
+        "-", f"llmcycle: {visible(run.device_key)}, {run.threads} thread(s), baseline {visible(run.shown_path())}"
+    )
     if run.results:
         tr.write_line(terminal_table(run.results))
     if any(r.verdict.normalised for r in run.results):
         tr.write_line("* normalised by the machine's speed (reference workload) since the baseline was recorded")
+    unjudged = not_judged_line(run.results, run.settings.strict_all)
+    if unjudged:
+        tr.write_line(unjudged, yellow=True)
+    for line in warning_lines(run.results):
+        tr.write_line(line, yellow=True)
+    for i, line in enumerate(refusal_lines(getattr(run, "refused", ()), run.settings.update_all)):
+        tr.write_line(line, red=i == 0)
     faster = sorted({r.nodeid for r in run.results if r.outcome == "improved" and not r.updated})
     if faster:
         from .reports.terminal import accept_command

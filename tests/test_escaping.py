@@ -22,7 +22,7 @@ from pytest_llmcycle.engine import verdict as vd
 from pytest_llmcycle.reports import escape
 from pytest_llmcycle.reports import htmlpage, jsondoc, markdown
 from pytest_llmcycle.reports.outputs import junit_properties
-from pytest_llmcycle.reports.terminal import accept_command, failure_message, simple_table, terminal_table
+from pytest_llmcycle.reports.terminal import accept_command, failure_message, notes, simple_table, terminal_table
 from pytest_llmcycle.run.results import COLD, CYCLE, StageResult
 from pytest_llmcycle.storage.baseline import Baselines, Entry
 
@@ -190,7 +190,8 @@ def test_the_terminal_table_and_failure_message_show_controls_escaped(text):
     rows = hostile_rows(text)
     table = terminal_table(rows)
     assert not RAW_CONTROL.search(table)
-    assert len(table.splitlines()) == len(rows) + 2  # header, rule, one line per row: nothing forged
+    # header, rule, one line per row, one per note (issue 11: the reasons of not-judged rows): nothing forged
+    assert len(table.splitlines()) == len(rows) + 2 + len(notes(rows)[1])
     message = failure_message(rows[:1])
     assert not RAW_CONTROL.search(message)
     assert escape.visible(text) in message and message.count("\n") == failure_message(hostile_rows("x")[:1]).count("\n")

@@ -373,7 +373,7 @@ def test_code_slower_than_the_machine_still_fails_and_says_the_machine_moved(pro
     monkeypatch.setenv("MACHINE_FACTOR", "1.3")
     result = project.runpytest("-o", "llmcycle_machine_check=true")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["  machine   machine speed 1.30x of baseline's (times normalised by it)"])
+    result.stdout.fnmatch_lines(["  machine   this machine is 1.30x slower than when the baseline was recorded (times normalised by it)"])
 
 
 def test_a_machine_far_off_its_baseline_speed_is_inconclusive_not_failed(project, monkeypatch):

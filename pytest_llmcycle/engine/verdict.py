@@ -77,14 +77,68 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
 
+def machine_off(m: float | None) -> bool:
+    """True when the machine reads beyond :data:`MACHINE_MAX_DRIFT` of its recorded speed
+    (what :func:`judge` calls too different to normalise); the recording check refuses then."""
+    return m is not None and abs(math.log(m)) > math.log(1 + MACHINE_MAX_DRIFT)
+
+
+def machine_speed(m: float) -> str:
+    """``m`` (now over then) as a reader says it: "2.13x slower" / "1.30x faster"."""
+    return f"{m:.2f}x slower" if m >= 1 else f"{1 / m:.2f}x faster"
+
+
 def machine_note(m: float | None) -> str:
+    """The machine factor in words: 'this machine is 2.13x slower than when the baseline was recorded'."""
     if m is None:
         return ""
+    said = f"this machine is {machine_speed(m)} than when the baseline was recorded"
     if abs(m - 1) <= MACHINE_NOISE:
-        return f"machine speed {m:.2f}x of baseline's (within noise, not normalised)"
-    if abs(math.log(m)) > math.log(1 + MACHINE_MAX_DRIFT):
-        return f"machine speed {m:.2f}x of baseline's (too different to normalise: inconclusive)"
-    return f"machine speed {m:.2f}x of baseline's (times normalised by it)"
+        return f"{said} (within noise, not normalised)"
+    if machine_off(m):
+        return f"{said} (too different to normalise: inconclusive)"
+    return f"{said} (times normalised by it)"
+
+
+def machine_far_note(factors: Sequence[float], consequence: str = "so not judged; rerun on a quiet machine") -> str:
+    """Why stages went unjudged when the machine read far off: one line for many stages."""
+    lo, hi = min(factors), max(factors)
+    if machine_speed(lo) == machine_speed(hi):
+        read = machine_speed(lo)
+    elif lo >= 1:
+        read = f"{lo:.2f}x .. {hi:.2f}x slower"
+    elif hi < 1:
+        read = f"{1 / hi:.2f}x .. {1 / lo:.2f}x faster"
+    else:
+        read = f"{machine_speed(lo)} .. {machine_speed(hi)}"
+    return (
+        f"this machine read {read} than when the baseline was recorded: too different to normalise "
+        f"(more than {MACHINE_MAX_DRIFT:.0%} off), {consequence}"
+    )
+
+
+def other_key_reason(device_key: str, other_keys: Sequence[str], file: str) -> str:
+    """A test with no entry under this run's device key, while ``file`` holds it under ``other_keys``."""
+    if not other_keys:
+        return ""
+    keys = ", ".join(repr(k) for k in other_keys[:3]) + (", ..." if len(other_keys) > 3 else "")
+    return (
+        f"no baseline for device key {device_key!r} in {file}, which holds this test under {keys}: "
+        "record one for this key (--llmcycle-update), or, on the same runner class, "
+        f"use that key (--llmcycle-device-key {other_keys[0]}), or compare base against head on this "
+        "machine (llmcycle compare)"
+    )
+
+
+#: a stage reading this many times its baseline is never a plain pass: the row carries a warning
+WARN_RATIO = 2.0
+
+
+def slowdown_warning(ratio: float | None, outcome: str) -> str:
+    """The warning of a row whose median reads past :data:`WARN_RATIO` times its baseline's, or ""."""
+    if ratio is None or ratio <= WARN_RATIO:
+        return ""
+    return f"reads {ratio:.2f}x its baseline's median ({outcome}): check it before trusting this run"
 
 
 def _point_ratio(baselines: Sequence[np.ndarray], currents: Sequence[np.ndarray], weights: Sequence[float]) -> float:

@@ -1,8 +1,10 @@
 """The Markdown report: one table for a pull-request comment or a GitHub job summary.
 
 Regressions first, a histogram sparkline of each stage's samples (on a range that also spans
-its baseline's samples, so a shift shows), the command that accepts the new numbers, and the
-environment in a collapsible ``<details>`` block. Rendering only.
+its baseline's samples, so a shift shows), a note per row where the verdict alone does not say
+enough (why a row was not judged, the counter that decided it, a stage past twice its
+baseline), the command that accepts the new numbers, and the environment in a collapsible
+``<details>`` block. Rendering only.
 """
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from typing import Any, Mapping, Sequence
 
 from ..engine import verdict as vd
 from .escape import md_code, md_text
-from .terminal import accept_command, distribution_cell, fmt_change, fmt_ms, outcome_counts, sort_rows, verdict_cell
+from .terminal import (
+    accept_command, distribution_cell, fmt_change, fmt_ms, not_judged, notes as row_notes, outcome_counts, sort_rows,
+    verdict_cell,
+)
 from ..run.results import COLD, StageResult
 
 ICONS = {
@@ -21,7 +26,7 @@ ICONS = {
     vd.IMPROVED: "🚀",
     vd.OK: "✅",
 }
-HEADERS = ["", "test", "stage", "baseline", "current", "change", "verdict", "samples"]
+HEADERS = ["", "test", "stage", "baseline", "current", "change", "verdict", "samples", "note"]
 #: rows in one table: a PR comment holds 65,536 characters; regressions come first, so a long
 #: table loses only its tail of passing rows (all of them are in the JSON and HTML reports)
 MAX_ROWS = 150
@@ -75,7 +80,22 @@ def row(r: StageResult) -> list[str]:
         fmt_change(r.verdict) if r.kind != COLD else "-",
         verdict,
         code(dist) if dist else "",
+        cell(note(r)),
     ]
+
+
+def note(r: StageResult) -> str:
+    """Why a row reads as it does, where the verdict alone does not say: the reason of a row that
+    was not judged, the counter that decided a row, and the warning of a row past 2x its baseline."""
+    if r.kind == COLD:
+        return ""
+    v = r.verdict
+    parts = []
+    if r.outcome in (vd.INCONCLUSIVE, vd.NOT_COMPARABLE, vd.NEW) or v.decided_by == vd.BY_COUNTERS:
+        parts.append(v.reason)
+    if r.warning:
+        parts.append(f"{ICONS[vd.INCONCLUSIVE]} {r.warning}")
+    return "; ".join(p for p in parts if p)
 
 
 def table(results: Sequence[StageResult], max_rows: int = MAX_ROWS) -> str:
@@ -96,6 +116,15 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str =
     head = ICONS[vd.REGRESSED] if failing else ICONS[vd.OK]
     where = meta.get("device_key")
     out = [f"### {head} {cell(title)}: {cell(summary_line(results))}" + (f" on {md_code(where, table=False)}" if where else ""), ""]
+    unjudged = not_judged(results)
+    if unjudged:
+        _, reasons = row_notes(unjudged)
+        out += [f"**{len(unjudged)} stage{'s' if len(unjudged) != 1 else ''} not judged** (they pass without a verdict on their time):", ""]
+        out += [f"- {cell(text)}" + (f" ({n} rows)" if n > 1 else "") for text, n in reasons] + [""]
+    warned = [r for r in sort_rows(results) if r.warning]
+    if warned:
+        out += [f"{ICONS[vd.INCONCLUSIVE]} **{len(warned)} stage{'s' if len(warned) != 1 else ''} read more than twice the baseline:**", ""]
+        out += [f"- {code(r.nodeid)} {cell(r.label)}: {cell(r.warning)}" for r in warned] + [""]
     if results:
         out += [table(results), ""]
     if failing:

@@ -52,6 +52,10 @@ def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
         if r.verdict.change is not None:
             props.append((f"{p}.change", round(r.verdict.change, 4)))
         props.append((f"{p}.verdict", r.outcome))
+        if r.outcome in ("inconclusive", "not comparable", "new") and r.verdict.reason:  # not judged: say why
+            props.append((f"{p}.reason", r.verdict.reason))
+        if r.warning:  # past twice its baseline: never a plain pass
+            props.append((f"{p}.warning", r.warning))
         if r.test_failed:
             props.append((f"{p}.test_failed", "true"))
         if r.unit != "call":

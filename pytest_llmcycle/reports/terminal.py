@@ -1,4 +1,6 @@
-"""Rendering only: terminal table and failure messages from StageResult records."""
+"""Rendering only, from StageResult records: the terminal table with its numbered notes (why a
+row was not judged, a stage past twice its baseline), the summary lines, the line a timed run
+starts with, and failure messages."""
 from __future__ import annotations
 
 import shlex
@@ -59,28 +61,137 @@ def verdict_cell(r: StageResult) -> str:
     return text
 
 
-def table_rows(results: Sequence[StageResult]) -> list[list[str]]:
+#: outcomes that pass without having been judged against a baseline: each such row carries a note
+NOT_JUDGED = (vd.INCONCLUSIVE, vd.NOT_COMPARABLE, vd.NEW)
+
+
+def not_judged(results: Iterable[StageResult]) -> list[StageResult]:
+    """The gated rows (stages and cycles) that passed without a verdict on their time."""
+    return [r for r in results if r.kind != COLD and r.outcome in NOT_JUDGED]
+
+
+_MACHINE_FAR = "inconclusive (machine)"  # reason keys read "<outcome>: <reason>", so this one is apart
+
+
+def notes(results: Sequence[StageResult]) -> tuple[dict[int, int], list[tuple[str, int]]]:
+    """Numbered notes for the table: ``({id(row): number}, [(text, rows), ...])``.
+
+    Every not-judged row gets the reason it was not judged; rows that share one reason share
+    one note (stages left unjudged because the machine read far off its recorded speed share
+    one, whatever each stage's own factor). A row whose median reads past twice its baseline's
+    gets its warning too.
+    """
+    keys: dict[int, str] = {}
+    machine: dict[str, list[float]] = {}
+    for r in results:
+        v = r.verdict
+        if r.kind == COLD:
+            continue
+        if r.outcome in NOT_JUDGED:
+            if r.outcome == vd.INCONCLUSIVE and vd.machine_off(v.machine_factor):
+                keys[id(r)] = _MACHINE_FAR
+                machine.setdefault(_MACHINE_FAR, []).append(v.machine_factor)  # type: ignore[arg-type]
+            else:
+                keys[id(r)] = f"{r.outcome}: {v.reason}" if v.reason else r.outcome
+        elif r.warning:
+            keys[id(r)] = f"warning: {r.warning}"
+    numbers: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for r in sort_rows(results):  # numbered in table order
+        k = keys.get(id(r))
+        if k is not None:
+            numbers.setdefault(k, len(numbers) + 1)
+            counts[k] = counts.get(k, 0) + 1
+    texts = {k: ("inconclusive: " + vd.machine_far_note(machine[k])) if k in machine else k for k in numbers}
+    return {i: numbers[k] for i, k in keys.items()}, [(texts[k], counts[k]) for k in numbers]
+
+
+def table_rows(results: Sequence[StageResult], numbered: dict[int, int] | None = None) -> list[list[str]]:
+    """The table's cells; with ``numbered`` (see :func:`notes`) a "note" column before the verdict holds [n]."""
     rows = []
     for r in sort_rows(results):
         unit = "" if r.unit == "call" else f"/{r.unit}"
-        rows.append(
-            [
-                r.nodeid,
-                r.label,
-                fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else ""),
-                fmt_ms(r.median_ms) + unit,
-                fmt_change(r.verdict),
-                verdict_cell(r),
-            ]
-        )
+        row = [
+            r.nodeid,
+            r.label,
+            fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else ""),
+            fmt_ms(r.median_ms) + unit,
+            fmt_change(r.verdict),
+            verdict_cell(r),
+        ]
+        if numbered is not None:
+            n = numbered.get(id(r))
+            row.insert(5, f"[{n}]" if n else "")
+        rows.append(row)
     return rows
 
 
 HEADERS = ["test", "stage", "baseline", "current", "change", "verdict"]
+#: with notes, the note column sits before the verdict, so each row still ends in its verdict
+NOTE_HEADERS = HEADERS[:5] + ["note"] + HEADERS[5:]
 
 
 def terminal_table(results: Sequence[StageResult]) -> str:
-    return simple_table(table_rows(results), HEADERS)
+    """The table, and below it one numbered line per reason a row was not judged (or warned)."""
+    numbered, texts = notes(results)
+    if not texts:
+        return simple_table(table_rows(results), HEADERS)
+    lines = [simple_table(table_rows(results, numbered), NOTE_HEADERS)]
+    for i, (text, count) in enumerate(texts, 1):
+        lines.append(visible(f"[{i}] {text}" + (f" ({count} rows)" if count > 1 else "")))
+    return "\n".join(lines)
+
+
+def not_judged_line(results: Sequence[StageResult], strict_all: bool = False) -> str:
+    """The summary line that counts the rows passed without a verdict, with their reasons."""
+    rows = not_judged(results)
+    if not rows:
+        return ""
+    numbered, texts = notes(rows)
+    why = "; ".join(t for t, _ in texts) if len(texts) <= 2 else f"{len(texts)} reasons, see the notes above"
+    hint = "" if strict_all else " (--llmcycle-strict-all fails them)"
+    return visible(f"llmcycle: {len(rows)} stage{'s' if len(rows) != 1 else ''} not judged: {why}{hint}")
+
+
+def warning_lines(results: Sequence[StageResult]) -> list[str]:
+    """One line per row reading more than twice its baseline: never a plain pass."""
+    return [visible(f"llmcycle: WARNING {r.nodeid} {r.label} {r.warning}") for r in sort_rows(results) if r.warning]
+
+
+def refusal_lines(refused: Sequence[tuple[str, float]], update_all: bool) -> list[str]:
+    """What --llmcycle-update did not store because the machine read far off its stored reference."""
+    if not refused:
+        return []
+    factors = [m for _, m in refused]
+    ids = sorted({n for n, _ in refused})
+    flag = "--llmcycle-update-all" if update_all else "--llmcycle-update"
+    force = visible(f"pytest {' '.join(shlex.quote(n) for n in ids)} {flag} --llmcycle-update-force")
+    return [
+        visible(
+            f"llmcycle: NOT written: the stages of {len(ids)} test(s) ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}): "
+            + vd.machine_far_note(factors, "so not recorded")
+        ),
+        f"  record again on a quiet machine, or store these numbers anyway: {force}",
+    ]
+
+
+def run_header(
+    baseline: str, exists: bool | None, device_key: str, threads: int, threshold: float, mode: str
+) -> str:
+    """The line a timed run starts with: which file, which key, how it is judged."""
+    where = baseline + ("" if exists is None or exists else " (not found: every stage is new)")
+    return visible(
+        f"llmcycle: baseline {where}, device key {device_key}, {threads} thread(s), "
+        f"threshold {threshold * 100:g}%, mode {mode}"
+    )
+
+
+def run_mode(settings) -> str:
+    """How this run treats the baselines, as the header says it."""
+    if settings.update:
+        mode = "append" if settings.update_append else "record all" if settings.update_all else "record"
+        return mode + (" (forced)" if settings.update_force else "")
+    return "check" + (", strict-all" if settings.strict_all else ", strict" if settings.strict else "")
 
 
 def simple_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
@@ -119,6 +230,13 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             out.append(
                 f"llmcycle: stage {r.stage!r} on {r.device_key} has no usable baseline "
                 f"({v.outcome}: {v.reason}) and --llmcycle-strict is set"
+            )
+            continue
+        if v.outcome == vd.INCONCLUSIVE:
+            what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
+            out.append(
+                f"llmcycle: {what} on {r.device_key} was not judged ({v.outcome}: {v.reason}) "
+                "and --llmcycle-strict-all is set"
             )
             continue
         what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"

@@ -29,7 +29,8 @@ from ..measure.timing import Clock, Measurement, SetupFn, pinned_threads, time_c
 #: Unicode categories refused in stage names: control (newline, tab, escape), format (zero-width,
 #: bidi overrides), line and paragraph separators
 _CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
-#: outcomes whose entries --llmcycle-update rewrites (an "ok" entry stays, so diffs stay small)
+#: outcomes for which --llmcycle-update rewrites a test's entries (a test whose stages are all "ok"
+#: or "inconclusive" stays, so diffs stay small)
 CHANGED = (vd.NEW, vd.NOT_COMPARABLE, vd.REGRESSED, vd.IMPROVED)
 
 #: why a stage of a smoke run (--llmcycle-disable) has no numbers and no verdict
@@ -329,6 +330,7 @@ class LLMCycle:
             entry.evidence() if entry else None,
             vd.Evidence(cur, measurement.unit, env, dict(counters or {})),
             self._rules(confirmation, machine_check=s.machine_check),
+            no_baseline_reason="" if entry else self._no_baseline_reason(),
         )
         final, final_ms, remeasured = measurement, cur, None
         v = vd.decide(case)
@@ -379,6 +381,29 @@ class LLMCycle:
     def _baseline(self, stage: str) -> Entry | None:
         return self._run.load_baselines(self.nodeid).entry(self.device_key, self.nodeid, stage)
 
+    def _no_baseline_reason(self) -> str:
+        """Why a stage has no baseline when its file holds this test under other device keys
+        (another runner class, or a key slugged from another CPU model); "" otherwise."""
+        devices = self._run.load_baselines(self.nodeid).devices()
+        others = sorted(k for k, d in devices.items() if k != self.device_key and self.nodeid in d.get("tests", {}))
+        return vd.other_key_reason(self.device_key, others, self._run.shown_path(self.nodeid))
+
+    def _recording_refused(self, stages: list[StageResult]) -> float | None:
+        """The machine factor when this test's numbers must not be stored, else None.
+
+        Numbers recorded while the machine reads beyond ``MACHINE_MAX_DRIFT`` of its stored
+        reference (a busy neighbour, another runner class under this key) would be judged
+        against that reference later as if taken on a quiet machine.
+        """
+        s = self.settings
+        if s.update_force or not s.machine_check:
+            return None
+        m = self._machine_factor  # measured while judging this test, if a stage looked changed
+        if m is None:
+            sample_s = max((r.median_ms or 0.0) for r in stages) / 1e3
+            m = self._run.machine_factor(sample_s, self.nodeid)
+        return m if vd.machine_off(m) else None
+
     def _store(self, stage, final, samples, entry, env, v, first, remeasured, weight, counters) -> StageResult:
         """Record ``final`` (whose samples are ``samples``, in ms) as the stage's result."""
         e = entry_from_samples(samples, final.unit, first.cold_ns / 1e6 if first.cold_ns else None, env, counters)
@@ -414,7 +439,12 @@ class LLMCycle:
             entry = self._baseline(name)
             env = self.environment(self._block_dtype.get(name))
             cur = ns_to_ms(samples_ns)
-            v = vd.decide(vd.Case(entry.evidence() if entry else None, vd.Evidence(cur, "call", env), rules))
+            v = vd.decide(
+                vd.Case(
+                    entry.evidence() if entry else None, vd.Evidence(cur, "call", env), rules,
+                    no_baseline_reason="" if entry else self._no_baseline_reason(),
+                )
+            )
             self._store(name, m, cur, entry, env, v, m, None, 1.0, None)
 
     def _finish_cycle(self) -> None:
@@ -482,12 +512,7 @@ class LLMCycle:
                     )
                 )
         if s.update and not test_failed:
-            entries = dict(self._entries)
-            for i, r in enumerate(rows):
-                if r.kind == STAGE and (s.update_all or r.outcome in CHANGED):
-                    # with --llmcycle-update-append the write pools it with the entry stored then
-                    self._run.pending.append((self.device_key, self.nodeid, r.stage, entries[r.stage]))
-                    rows[i] = replace(r, updated=True)
+            self._queue_updates(rows)
         self.results = rows
         self._run.results.extend(rows)
         if s.update or test_failed:
@@ -495,7 +520,31 @@ class LLMCycle:
         failing = [r for r in rows if r.outcome == vd.REGRESSED]
         if s.strict:
             failing += [r for r in rows if r.kind == STAGE and r.outcome in (vd.NEW, vd.NOT_COMPARABLE)]
+        if s.strict_all:
+            failing += [r for r in rows if r.kind in (STAGE, CYCLE) and r.outcome == vd.INCONCLUSIVE]
         return failing
+
+    def _queue_updates(self, rows: list[StageResult]) -> None:
+        """Queue this test's stages for writing, all of them or none (``rows`` updated in place).
+
+        A test's stages are re-recorded together: when one is new or changed (or with
+        --llmcycle-update-all) every stage is, so one test's entries never mix machine states.
+        Nothing is queued while the machine reads far off its stored reference speed.
+        """
+        s = self.settings
+        stages = [r for r in rows if r.kind == STAGE]
+        if not stages or not (s.update_all or any(r.outcome in CHANGED for r in stages)):
+            return
+        refused = self._recording_refused(stages)
+        if refused is not None:
+            self._run.refused.append((self.nodeid, refused))
+            return
+        entries = dict(self._entries)
+        for i, r in enumerate(rows):
+            if r.kind == STAGE:
+                # with --llmcycle-update-append the write pools it with the entry stored then
+                self._run.pending.append((self.device_key, self.nodeid, r.stage, entries[r.stage]))
+                rows[i] = replace(r, updated=True)
 
     # ================================================================== LLM helpers
     # The helpers live in llm.stages.LLMStages and reach this object only through its declared

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from ..storage.baseline import Entry
-from ..engine.verdict import Verdict
+from ..engine.verdict import Verdict, slowdown_warning
 
 #: kinds of rows: a timed stage, a test's cycle total, a stage's first (cold) call
 STAGE, CYCLE, COLD = "stage", "cycle", "cold"
@@ -49,6 +49,14 @@ class StageResult:
     @property
     def outcome(self) -> str:
         return self.verdict.outcome
+
+    @property
+    def warning(self) -> str:
+        """Set when the median reads more than twice its baseline's (see ``verdict.WARN_RATIO``):
+        such a row is never shown as a plain pass, whatever its verdict."""
+        if self.kind == COLD or self.baseline is None or not self.median_ms or not self.baseline.median_ms:
+            return ""
+        return slowdown_warning(self.median_ms / self.baseline.median_ms, self.outcome)
 
     @property
     def label(self) -> str:

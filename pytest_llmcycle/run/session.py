@@ -53,6 +53,9 @@ class RunState:
         self.written_files: list[str] = []
         #: why the updates were not written, shown in the summary (and failing the run)
         self.write_error: str | None = None
+        #: (nodeid, machine factor) of tests --llmcycle-update did not store: the machine read
+        #: too far off its stored reference speed (see LLMCycle.finish)
+        self.refused: list[tuple[str, float]] = []
         self._device: str | None = None
         self._device_key: str | None = None
         self._timing_lock: DeviceTimingLock | None = None
@@ -66,6 +69,15 @@ class RunState:
     def baseline_path_for(self, nodeid: str | None) -> Path:
         """The file that holds ``nodeid``'s baselines."""
         return self.baselines.path_for(nodeid)
+
+    def shown_path(self, nodeid: str | None = None) -> str:
+        """``nodeid``'s baseline file (or, with None, the file or template) as the terminal names it:
+        relative to the working folder when inside it, else absolute, so a moved rootdir shows."""
+        path = self.baselines.path if nodeid is None else self.baseline_path_for(nodeid)
+        try:
+            return str(Path(path).relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
 
     def load_baselines(self, nodeid: str | None = None) -> Baselines:
         """The (validated, loaded once) baseline file that holds ``nodeid``; raises BaselineError."""
@@ -186,6 +198,7 @@ class RunState:
             "written": list(self.written),
             "written_files": list(self.written_files),
             "write_error": self.write_error,
+            "refused": [list(x) for x in self.refused],
             "device": self._device,
             "device_key": self._device_key,
         }
@@ -196,6 +209,7 @@ class RunState:
         self.results.sort(key=lambda r: r.nodeid)  # stable: one order whichever worker finished first
         self.written.extend(data.get("written", ()))
         self.written_files.extend(data.get("written_files", ()))
+        self.refused.extend((str(n), float(m)) for n, m in data.get("refused", ()))
         if data.get("write_error"):
             err = f"{worker}: {data['write_error']}" if worker else data["write_error"]
             self.write_error = f"{self.write_error}; {err}" if self.write_error else err
