@@ -59,8 +59,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         rows.append([dk, nodeid, stage, fmt_ms(e.median_ms) + unit, f"{fmt_ms(e.q1_ms)} .. {fmt_ms(e.q3_ms)}", str(e.n),
                      fmt_ms(e.cold_ms), env])
     if args.format == "json":
+        # each key as its own fields, never joined: node ids and stage names may hold spaces
         keep = {(r[0], r[1], r[2]) for r in rows}
-        doc = {f"{dk} {n} {s}": e.to_json() for (dk, n, s), e in sorted(snap.entries.items()) if (dk, n, s) in keep}
+        doc = {
+            "file": str(snap.path),
+            "kind": snap.kind,
+            "entries": [{"device_key": dk, "nodeid": n, "stage": s, "entry": e.to_json()}
+                        for (dk, n, s), e in sorted(snap.entries.items()) if (dk, n, s) in keep],
+            "references": {dk: e.to_json() for dk, e in sorted(snap.references.items())
+                           if not args.device_key or dk == args.device_key},
+        }
         print(json.dumps(doc, indent=1, sort_keys=True))
         return OK
     headers = ["device key", "test", "stage", "median", "IQR", "n", "cold", "environment"]

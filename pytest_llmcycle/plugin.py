@@ -64,7 +64,10 @@ def _write_outputs(config: pytest.Config, run: Any) -> None:
         return
     from .reports.outputs import run_meta, write_outputs
 
-    meta = run_meta(run, config.rootpath)
+    # what this run writes is not an uncommitted change (meta "dirty"); the baseline files run_meta adds
+    own = [*out["reports"], out["history"], out["tensorboard"], getattr(config.option, "xmlpath", None),
+           (os.environ.get("WANDB_DIR") or "wandb") if out["wandb"] else None]
+    meta = run_meta(run, config.rootpath, own_files=own)
     out["messages"] = write_outputs(
         results, meta, out["reports"], out["history"] if results else None,
         out["tensorboard"] if results else None, out["step_summary"], wandb=out["wandb"] if results else None,

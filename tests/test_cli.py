@@ -183,7 +183,7 @@ def test_show_lists_every_entry(tmp_path, capsys):
     assert "10 ms" in rows[0] and "threads 1, torch 2.13.0" in rows[0]
     assert "2 stage(s)" in out and "reference workload" in out
     code, out, _ = run(capsys, "show", f, "--test", "test_b", "--format", "json")
-    assert list(json.loads(out)) == [f"{KEY} {B[0]} {B[1]}"]
+    assert [(e["device_key"], e["nodeid"], e["stage"]) for e in json.loads(out)["entries"]] == [(KEY, *B)]
 
 
 # ----------------------------------------------------------------------------- prune

@@ -59,7 +59,7 @@ def rows() -> list[StageResult]:
 
 def test_json_report_round_trips_every_row_with_samples_and_baseline(rows):
     doc = json.loads(report_json.render(rows, META))
-    assert doc["format"] == "pytest-llmcycle-report" and doc["schema"] == 1
+    assert doc["format"] == "pytest-llmcycle-report" and doc["schema"] == 2
     assert doc["meta"]["device_key"] == "cpu-test"
     assert [r["stage"] for r in doc["results"]] == [r.stage for r in rows]
     slow = next(r for r in doc["results"] if r["stage"] == "decode")

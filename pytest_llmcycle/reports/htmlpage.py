@@ -2,8 +2,10 @@
 
 Per test: its rows as a table; per stage, a strip plot of the current samples against the
 baseline's (boxes at the quartiles, the line where the stage would fail); for per-token
-stages, the latency of each generated token in order when the stage recorded it; with a
-history store, the stage's median over past runs. Rendering only.
+stages, the latency of each generated token in order when the stage recorded it, over the
+baseline's median and quartile band; with a history store, the stage's median over past runs.
+Every chart has axis titles (class ``ax``) and a legend row (class ``lg``) drawn in its own SVG,
+so a chart read on its own, far down a long page, still says what its marks are. Rendering only.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .markdown import summary_line
 from ..run.results import COLD, STAGE, StageResult
 
 W, LANE, PAD_L, PAD_R = 680, 26, 80, 50
+BASELINE = "#8a8a8a"  # the baseline's colour in every chart
 COLORS = {
     vd.REGRESSED: "#c62828",
     vd.INCONCLUSIVE: "#ef8f00",
@@ -36,6 +39,9 @@ section.test{border:1px solid #ddd;border-radius:6px;padding:12px;margin:14px 0}
 .badge{display:inline-block;border-radius:10px;padding:0 8px;color:#fff;font-size:12px}
 .reason{color:#555;font-size:12px}figure{margin:6px 0 12px}figcaption{font-size:12px;color:#555}
 svg text{font:11px system-ui,sans-serif;fill:#444}details{margin:10px 0}
+svg text.ax{font-weight:600;fill:#333}.dot{stroke-opacity:.6;stroke-width:4;stroke-linecap:round;fill:none}
+.iqr,.band{fill-opacity:.15}.fail{stroke:#c62828;stroke-dasharray:4 3}.base{stroke-dasharray:5 3;stroke-width:1.5}
+.k{stroke:#666;fill:#666}
 """
 JS = """
 document.getElementById('only-failing').addEventListener('change',function(e){
@@ -82,8 +88,8 @@ def strip_plot(r: StageResult) -> str:
     """Samples of the baseline (grey) and of this run (verdict colour) on one millisecond axis."""
     lanes = []
     if r.baseline is not None and r.baseline.samples_ms:
-        lanes.append(("baseline", list(r.baseline.samples_ms), "#8a8a8a"))
-    lanes.append(("current", list(r.samples_ms), COLORS.get(r.outcome, "#555")))
+        lanes.append(("baseline", list(r.baseline.samples_ms), BASELINE))
+    lanes.append(("this run", list(r.samples_ms), COLORS.get(r.outcome, "#555")))
     pool = [v for _, vals, _ in lanes for v in vals]
     fail_at = None
     if r.baseline is not None and r.outcome != vd.NOT_COMPARABLE:
@@ -92,7 +98,8 @@ def strip_plot(r: StageResult) -> str:
     lo, hi = min(pool), max(pool)
     span = (hi - lo) or max(hi, 1e-9) * 0.1
     lo, hi = lo - span * 0.05, hi + span * 0.05
-    h = LANE * len(lanes) + 30
+    ya = LANE * len(lanes) + 10  # the time axis; under it its tick labels, its title and the legend
+    h = ya + 58
 
     def x(v: float) -> float:
         return PAD_L + (v - lo) / (hi - lo) * (W - PAD_L - PAD_R)
@@ -104,7 +111,7 @@ def strip_plot(r: StageResult) -> str:
         parts.append(f'<text x="4" y="{y0 + 14}">{name}</text>')
         parts.append(
             f'<rect x="{x(q1):.1f}" y="{y0 + 2}" width="{max(x(q3) - x(q1), 1):.1f}" height="{LANE - 6}" '
-            f'fill="{color}" fill-opacity="0.15" stroke="{color}"><title>{name}: IQR {esc(fmt_ms(q1))} .. {esc(fmt_ms(q3))}</title></rect>'
+            f'class="iqr" fill="{color}" stroke="{color}"><title>{name}: IQR {esc(fmt_ms(q1))} .. {esc(fmt_ms(q3))}</title></rect>'
         )
         parts.append(f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{y0}" y2="{y0 + LANE - 2}" stroke="{color}" stroke-width="2"/>')
         # every dot of a lane in one path of zero-length round-capped segments: a sixth of the
@@ -113,31 +120,72 @@ def strip_plot(r: StageResult) -> str:
         xs = np.clip(np.rint(PAD_L + (np.asarray(vals, dtype=float) - lo) * scale), 0, W).astype(int).tolist()  # 1 px steps
         dots = "".join([_MOVE[px] + y for px, y in zip(xs, ys)])
         parts.append(
-            f'<path d="{dots}" stroke="{color}" stroke-opacity="0.6" stroke-width="4" stroke-linecap="round" fill="none">'
+            f'<path d="{dots}" class="dot" stroke="{color}">'
             f"<title>{name}: {len(vals)} samples</title></path>"
         )
     if fail_at is not None:
         fx = x(fail_at)
         parts.append(
-            f'<line x1="{fx:.1f}" x2="{fx:.1f}" y1="4" y2="{h - 22}" stroke="#c62828" stroke-dasharray="4 3">'
+            f'<line x1="{fx:.1f}" x2="{fx:.1f}" y1="4" y2="{ya - 2}" class="fail">'
             f"<title>fails above {esc(fmt_ms(fail_at))} (baseline median + {r.verdict.effective_threshold:.0%})</title></line>"
         )
-    ya = h - 20
     parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{ya}" y2="{ya}" stroke="#999"/>')
     for t in _ticks(lo, hi):
         parts.append(f'<text x="{x(t):.1f}" y="{ya + 14}" text-anchor="middle">{esc(fmt_ms(t))}</text>')
-    if r.unit != "call":
-        parts.append(f'<text x="4" y="{ya + 14}">per {esc(r.unit)}</text>')
+    parts.append(_x_title(ya + 32, f"time per {r.unit}"))
+    parts.append(_strip_legend(ya + 50, fail_at is not None))
     parts.append("</svg>")
     return "".join(parts)
 
 
+# Legend marks, each 14 px wide and centred on (x + 7, y); colour from ``c`` or the neutral class k.
+_MARKS = {
+    "dot": '<path class="lg dot k" d="M{m} {y}h0"/>',
+    "box": '<rect class="lg iqr k" x="{x}" y="{t}" width="14" height="10"/>',
+    "bar": '<line class="lg k" x1="{m}" x2="{m}" y1="{t}" y2="{b}" stroke-width="2"/>',
+    "fail": '<line class="lg fail" x1="{m}" x2="{m}" y1="{t}" y2="{b}"/>',
+    "line": '<line class="lg" x1="{x}" x2="{e}" y1="{y}" y2="{y}" stroke="{c}" stroke-width="1.5"/>',
+    "dash": '<line class="lg base" x1="{x}" x2="{e}" y1="{y}" y2="{y}" stroke="{c}"/>',
+    "band": '<rect class="lg band" x="{x}" y="{t}" width="14" height="10" fill="{c}"/>',
+}
+
+
+def _legend(y: int, items: Sequence[tuple[str, str, str]]) -> str:
+    """One row of (mark, colour, label) keys from the plot's left edge. Labels are this module's
+    own words, but escaped all the same."""
+    out, x = [], PAD_L
+    for mark, color, label in items:
+        out.append(_MARKS[mark].format(x=x, m=x + 7, e=x + 14, y=y, t=y - 5, b=y + 5, c=color))
+        out.append(f'<text class="lg" x="{x + 18}" y="{y + 4}">{esc(label)}</text>')
+        x += 18 + 6 * len(label) + 16  # ~6 px a character at 11 px
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _strip_legend(y: int, fail: bool) -> str:
+    items = [("dot", "", "one sample"), ("box", "", "middle half (quartiles)"), ("bar", "", "median")]
+    return _legend(y, items + ([("fail", "", "fails above this")] if fail else []))
+
+
+def _x_title(y: float, text: str) -> str:
+    return f'<text class="ax" x="{(PAD_L + W - PAD_R) / 2:.0f}" y="{y:.0f}" text-anchor="middle">{esc(text)}</text>'
+
+
+def _y_title(top: float, bottom: float, text: str) -> str:
+    # rotate(-90) maps (x, y) to (y, -x): x=-centre, y=14 puts it centred on the axis, 14 px from the edge
+    return f'<text class="ax" transform="rotate(-90)" x="{-(top + bottom) / 2:.0f}" y="14" text-anchor="middle">{esc(text)}</text>'
+
+
 def line_chart(ys: Sequence[float], *, band: Sequence[tuple[float, float]] | None = None, labels: Sequence[str] | None = None,
-               color: str = "#1565c0", unit: str = "") -> str:
-    """A small line chart of ``ys`` (ms) over their index, with an optional q1..q3 band."""
-    h, top, bottom = 140, 10, 24
-    lo = min(list(ys) + [b[0] for b in band or []])
-    hi = max(list(ys) + [b[1] for b in band or []])
+               color: str = "#1565c0", unit: str = "", x_title: str = "", y_title: str = "",
+               legend: Sequence[tuple[str, str]] = (), baseline: tuple[float, float, float] | None = None) -> str:
+    """A small line chart of ``ys`` (ms) over their index, with an optional q1..q3 band per point,
+    an optional ``baseline`` (q1, median, q3) drawn across the whole chart (grey band and dashed
+    median), axis titles and a legend of ``legend`` ((mark, label) pairs, marks as in :data:`_MARKS`)."""
+    h, top, yb = 176, 10, 116  # yb: the x axis; under it its labels, its title and the legend
+    flat = [baseline[0], baseline[2]] if baseline else []
+    lo = min(list(ys) + [b[0] for b in band or []] + flat)
+    hi = max(list(ys) + [b[1] for b in band or []] + flat)
     lo, hi = (lo * 0.95, hi * 1.05) if hi > lo else (lo * 0.9, hi * 1.1 + 1e-9)
     n = len(ys)
 
@@ -145,14 +193,25 @@ def line_chart(ys: Sequence[float], *, band: Sequence[tuple[float, float]] | Non
         return PAD_L + (i / max(n - 1, 1)) * (W - PAD_L - PAD_R)
 
     def y(v: float) -> float:
-        return top + (hi - v) / (hi - lo) * (h - top - bottom)
+        return top + (hi - v) / (hi - lo) * (yb - top)
 
     parts = [f'<svg width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img">']
+    if baseline:
+        q1, med, q3 = baseline
+        parts.append(
+            f'<rect class="band baseline-band" x="{PAD_L}" y="{y(q3):.1f}" width="{W - PAD_L - PAD_R}" '
+            f'height="{max(y(q1) - y(q3), 1):.1f}" fill="{BASELINE}"><title>baseline quartiles: '
+            f"{esc(fmt_ms(q1) + unit)} .. {esc(fmt_ms(q3) + unit)}</title></rect>"
+        )
+        parts.append(
+            f'<line class="base baseline-median" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(med):.1f}" y2="{y(med):.1f}" '
+            f'stroke="{BASELINE}"><title>baseline median: {esc(fmt_ms(med) + unit)}</title></line>'
+        )
     if band:
         pts = [f"{x(i):.1f},{y(b[1]):.1f}" for i, b in enumerate(band)] + [
             f"{x(i):.1f},{y(b[0]):.1f}" for i, b in reversed(list(enumerate(band)))
         ]
-        parts.append(f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.15"/>')
+        parts.append(f'<polygon points="{" ".join(pts)}" class="band" fill="{color}"/>')
     pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys))
     parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5"/>')
     for i, v in enumerate(ys):
@@ -160,9 +219,16 @@ def line_chart(ys: Sequence[float], *, band: Sequence[tuple[float, float]] | Non
         parts.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"><title>{esc(tip)}</title></circle>')
     for t in _ticks(lo, hi, 3):
         parts.append(f'<text x="{PAD_L - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{esc(fmt_ms(t))}</text>')
-    parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{h - bottom}" y2="{h - bottom}" stroke="#999"/>')
-    parts.append(f'<text x="{PAD_L}" y="{h - 6}">{esc(labels[0] if labels else "1")}</text>')
-    parts.append(f'<text x="{W - PAD_R}" y="{h - 6}" text-anchor="end">{esc(labels[-1] if labels else str(n))}</text>')
+    parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{yb}" y2="{yb}" stroke="#999"/>')
+    parts.append(f'<text x="{PAD_L}" y="{yb + 16}">{esc(labels[0] if labels else "1")}</text>')
+    parts.append(f'<text x="{W - PAD_R}" y="{yb + 16}" text-anchor="end">{esc(labels[-1] if labels else str(n))}</text>')
+    if x_title:
+        parts.append(_x_title(yb + 34, x_title))
+    if y_title:
+        parts.append(_y_title(top, yb, y_title))
+    if legend:
+        parts.append(_legend(yb + 52, [(mark, BASELINE if mark in ("dash", "band") and baseline else color, label)
+                                       for mark, label in legend]))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -175,6 +241,25 @@ def timeline(r: StageResult) -> Sequence[float] | None:
     """
     t = getattr(r, "timeline_ms", None)
     return list(t) if t and len(t) >= 2 else None
+
+
+def _timeline_baseline(r: StageResult) -> tuple[float, float, float] | None:
+    """The baseline's (q1, median, q3) per token, when it is in the timeline's unit: its
+    per-position medians are drawn over the spread of every token time the baseline stored."""
+    b = r.baseline
+    if b is None or b.unit != r.unit or r.outcome == vd.NOT_COMPARABLE:
+        return None
+    return (b.q1_ms, b.median_ms, b.q3_ms)
+
+
+def timeline_chart(r: StageResult, t: Sequence[float]) -> str:
+    """The per-token timeline of ``r``: this run's median per token position, over the baseline."""
+    base = _timeline_baseline(r)
+    legend = [("line", "this run, median per position")]
+    if base:
+        legend += [("dash", "baseline median"), ("band", "baseline middle half (quartiles)")]
+    return line_chart(t, unit=f"/{r.unit}", x_title="generated token (position)", y_title=f"time per {r.unit}",
+                      legend=legend, baseline=base)
 
 
 def _counters(r: StageResult) -> str:
@@ -213,7 +298,8 @@ def _test_section(nodeid: str, rows: Sequence[StageResult], trends: Mapping[tupl
                    f"{' (dashed: where the stage would fail)' if r.baseline is not None else ''}</figcaption></figure>")
         t = timeline(r)
         if t:
-            out.append(f"<figure>{line_chart(t, unit='/token')}<figcaption>{esc(r.stage)}: latency of each generated token, in order</figcaption></figure>")
+            out.append(f"<figure>{timeline_chart(r, t)}<figcaption>{esc(r.stage)}: latency of each generated token, in order"
+                       f"{' (grey: the baseline)' if _timeline_baseline(r) else ''}</figcaption></figure>")
         points = [p for p in trends.get((r.nodeid, r.stage), []) if getattr(p, "median_ms", None) is not None]
         if len(points) >= 2:
             out.append(
@@ -224,6 +310,9 @@ def _test_section(nodeid: str, rows: Sequence[StageResult], trends: Mapping[tupl
                     labels=[(p.created or "")[:16] + (f" {p.commit[:8]}" if p.commit else "") for p in points],
                     color="#6a1b9a",
                     unit="" if r.unit == "call" else f"/{r.unit}",
+                    x_title="run (oldest to newest)",
+                    y_title=f"time per {r.unit}",
+                    legend=[("line", "median of the run"), ("band", "its quartiles")],
                 )
                 + f"<figcaption>{esc(r.stage)}: median (band: quartiles) over the last {len(points)} runs</figcaption></figure>"
             )

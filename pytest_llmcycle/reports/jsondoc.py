@@ -1,10 +1,24 @@
 """The JSON report: every row of a run with its samples and its baseline, for tools and the CLI.
 
-Layout (``schema`` 1)::
+Layout (``schema`` 2)::
 
-    {"format": "pytest-llmcycle-report", "schema": 1,
-     "meta": {<run: device_key, threads, versions, settings, ...>},
+    {"format": "pytest-llmcycle-report", "schema": 2,
+     "meta": {<run: created, commit, dirty, device_key, threads, versions, settings, ...>},
      "results": [<StageResult.to_dict() + "label" + "baseline": <stored entry or null>>, ...]}
+
+Two scales in each row's ``verdict``, each named for itself:
+
+* fractions of the baseline: ``change`` (``0.164`` = 16.4 % slower, ``-0.2`` = 20 % faster) and
+  ``change_ci`` (the 95 % bootstrap interval of ``change``, ``[lo, hi]``), like ``threshold``
+  and ``effective_threshold``;
+* ratios, current over baseline: ``ratio`` (``1 + change``) and ``ratio_ci`` (``1 + change_ci``),
+  like ``first_ratio`` and ``machine_factor``.
+
+An interval is null where the verdict needed none (a stage clearly within its threshold).
+Schema 1 wrote ``ci``, the interval of the *ratio*, next to ``change``, a *fraction*; schema 2
+names it ``ratio_ci`` and adds ``change_ci``, and ``meta`` has ``dirty`` (see
+``outputs.run_meta``). Readers take a row's samples and ``verdict.threshold``, the same in both
+schemas, so ``llmcycle compare`` reads either.
 
 Rendering only: no timing, no pytest. ``llmcycle compare`` reads these files back.
 """
@@ -18,7 +32,7 @@ from ..storage.baseline import entries_to_json
 from ..run.results import StageResult
 
 FORMAT = "pytest-llmcycle-report"
-SCHEMA = 1
+SCHEMA = 2
 
 
 def _clean(v: Any) -> Any:
@@ -42,8 +56,19 @@ def result_dicts(results: Sequence[StageResult]) -> list[dict[str, Any]]:
         d = r.to_dict()
         d["label"] = r.label
         d["baseline"] = next(stored) if r.baseline is not None else None
+        d["verdict"] = _verdict_scales(d["verdict"])
         out.append(d)
     return out
+
+
+def _verdict_scales(v: dict[str, Any]) -> dict[str, Any]:
+    """The verdict with its interval on both scales (see the module docstring): the record's
+    ``ci`` (an interval of the ratio) as ``ratio_ci``, and ``change_ci``, a fraction like ``change``."""
+    v = dict(v)
+    ci = v.pop("ci", None)
+    v["ratio_ci"] = None if ci is None else [ci[0], ci[1]]
+    v["change_ci"] = None if ci is None else [ci[0] - 1.0, ci[1] - 1.0]
+    return v
 
 
 def render(results: Sequence[StageResult], meta: Mapping[str, Any]) -> str:

@@ -65,25 +65,80 @@ def junit_properties(results: Iterable["StageResult"]) -> list[tuple[str, Any]]:
     return [(xml_text(k), xml_text(v) if isinstance(v, str) else v) for k, v in props]
 
 
-def _commit(rootdir: Path) -> str | None:
+def _git(rootdir: Path, *args: str) -> str | None:
+    """``git <args>`` in ``rootdir``: its output, or None when there is no git, no repository or no answer."""
     import subprocess
 
-    sha = os.environ.get("GITHUB_SHA")
-    if sha:
-        return sha
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=5, check=False
-        )
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=rootdir, capture_output=True, text=True,
+                             timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
 
 
-def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
-    """Facts about the run that reports, history and the CLI show (no device work is started)."""
+#: what a run writes besides the files it is told about: Python's bytecode caches
+_RUN_WRITES = (f"*{os.sep}__pycache__{os.sep}*", "*.pyc")
+
+
+def _own_patterns(paths: Iterable[Any]) -> list[str]:
+    """fnmatch patterns of what the run itself writes at ``paths`` (files or folders; a baseline
+    path may hold ``{module}``): the path, what is under it, and its lock, journal and temp files."""
+    import glob
+
+    out = list(_RUN_WRITES)
+    for p in paths:
+        if p is None:
+            continue
+        real = Path(os.path.realpath(os.path.expanduser(str(p))))
+        full = glob.escape(str(real)).replace("{module}", "*")  # glob.escape keeps braces
+        hidden = glob.escape(str(real.parent / ("." + real.name))).replace("{module}", "*")
+        out += [full, full + os.sep + "*", full + ".*", full + "-*", hidden + ".*"]
+    return out
+
+
+def _commit(rootdir: Path, own: Iterable[Any] = ()) -> tuple[str | None, bool | None]:
+    """(the checked-out commit, whether the working tree differs from it), None where unknown.
+
+    Dirty means a tracked file is modified, staged, deleted or renamed, or an untracked file
+    that git does not ignore exists: a new module can change what the tests import and measure
+    as much as an edit can. What the run writes itself is not counted: ``own`` (the baseline
+    files, reports, history, JUnit XML ...), and bytecode caches. ``GITHUB_SHA`` names the
+    commit on GitHub Actions; the tree is still asked whether it is dirty.
+    """
+    import fnmatch
+
+    head = _git(rootdir, "rev-parse", "--show-toplevel", "HEAD")
+    lines = head.split("\n") if head else []
+    top, sha = (lines[0], lines[1].strip()) if len(lines) >= 2 and lines[1].strip() else (None, None)
+    sha = os.environ.get("GITHUB_SHA") or sha
+    if top is None:
+        return sha, None
+    status = _git(rootdir, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    if status is None:
+        return sha, None
+    patterns = _own_patterns(own)
+    entries = status.split("\0")
+    i = 0
+    while i < len(entries):
+        entry, i = entries[i], i + 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # a rename or copy: the next entry is its source path
+            i += 1
+        path = str(Path(top) / entry[3:])  # porcelain paths are relative to the repository's top
+        if not any(fnmatch.fnmatchcase(path, pat) for pat in patterns):
+            return sha, True
+    return sha, False
+
+
+def run_meta(run: Any, rootdir: Path, own_files: Iterable[Any] = ()) -> dict[str, Any]:
+    """Facts about the run that reports, history and the CLI show (no device work is started).
+
+    ``commit`` is the checked-out commit's sha and ``dirty`` whether the working tree had changes
+    (see :func:`_commit`; ``own_files`` are what this run writes, never counted), both None
+    outside a git repository.
+    """
     import platform
     from datetime import datetime, timezone
 
@@ -95,8 +150,11 @@ def run_meta(run: Any, rootdir: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "plugin_version": __version__,
-        "commit": _commit(rootdir),
     }
+    own = list(own_files)
+    if run is not None:
+        own.append(run.baseline_path)
+    meta["commit"], meta["dirty"] = _commit(rootdir, own)
     meta.update(devmod.library_versions())
     if os.environ.get("GITHUB_REF_NAME"):
         meta["ref"] = os.environ["GITHUB_REF_NAME"]
@@ -228,7 +286,7 @@ def _run_line(meta: dict) -> str:
     """The run's facts as one line of Markdown (TensorBoard renders its text as Markdown)."""
     from .escape import md_text
 
-    keys = ("commit", "ref", "device_key", "device_name", "threads", "torch", "transformers", "plugin_version")
+    keys = ("commit", "dirty", "ref", "device_key", "device_name", "threads", "torch", "transformers", "plugin_version")
     return ", ".join(f"{k} {md_text(meta[k])}" for k in keys if meta.get(k) is not None)
 
 
