@@ -1,7 +1,8 @@
 """The ``llmcycle`` command (also ``python -m pytest_llmcycle``): show, compare, prune, history.
 
 Exit codes follow the plugin: 0 ok, 1 a stage regressed, 2 a usage error (bad arguments, a file
-that cannot be read). Imports only the standard library and the option table (``config``, pure
+that cannot be read or is refused: what it reads is validated as the plugin validates it), 3 an
+internal error (one line, no traceback), 130 interrupted. ``prune`` changes every file or none. Imports only the standard library and the option table (``config``, pure
 Python) at module level; each command imports what it needs.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Sequence
 
 from .config import OPTION, SettingError, convert
 
-OK, REGRESSION, USAGE = 0, 1, 2
+OK, REGRESSION, USAGE, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UsageError(Exception):
@@ -142,52 +143,126 @@ def collect_nodeids(rootdir: Path, pytest_args: str) -> set[str]:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     path = Path(args.baseline)
-    if path.is_dir():  # one file per module: prune each
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise UsageError(f"{path}: a folder with no .json baseline files")
-    elif path.is_file():
-        files = [path]
-    else:
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+        files = sorted(path.glob("*.json")) if is_dir else [path]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read it ({e})") from None
+    if is_dir and not files:
+        raise UsageError(f"{path}: a folder with no .json baseline files")
+    if not (is_dir or is_file):
         raise UsageError(f"{path}: no such baseline file")
     keep: set[str] = set(args.keep or [])
     if args.keep_from:
-        text = sys.stdin.read() if args.keep_from == "-" else Path(args.keep_from).read_text(encoding="utf-8")
+        try:
+            text = sys.stdin.read() if args.keep_from == "-" else Path(args.keep_from).read_text(encoding="utf-8")
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--keep-from {args.keep_from}: cannot read it ({e}); nothing pruned") from None
         keep |= {line.strip() for line in text.splitlines() if "::" in line}
     if args.collect:
         keep |= collect_nodeids(Path(args.rootdir or "."), args.pytest_args)
     if not keep:
         raise UsageError("no test ids to keep (use --collect, --keep or --keep-from); refusing to remove every entry")
-    for f in files:
-        _prune_file(f, keep, args)
+    _prune_files(files, keep, args)
     return OK
 
 
-def _prune_file(path: Path, keep: set, args: argparse.Namespace) -> None:
-    from .reports.escape import visible
-    from .storage.baseline import Baselines, BaselineError, atomic_write_text, baseline_lock
+def _prune_files(files: list[Path], keep: set, args: argparse.Namespace) -> None:
+    """All or nothing: every file is locked, read and validated, and every new version written
+    to a temp file next to its file, before the first one replaces its file; "removed" is
+    printed only for what was written."""
+    import os
+    from contextlib import ExitStack
 
-    with baseline_lock(path, timeout_s=60):  # the lock every writer of the file takes
+    from .reports.escape import visible
+    from .storage.baseline import BaselineError, Baselines, NotABaselineFile, baseline_lock
+
+    plans = []
+    with ExitStack() as held:
         try:
-            b = Baselines.load(path)
-        except BaselineError as e:
-            raise UsageError(str(e)) from None
-        gone = sorted(
-            (dk, nodeid)
-            for dk, dev in b.devices().items()
-            if not args.device_key or dk == args.device_key
-            for nodeid in dev.get("tests", {})
-            if nodeid not in keep
-        )
-        for dk, nodeid in gone:
-            stages = ", ".join(sorted(b.devices()[dk]["tests"][nodeid]))
-            print(visible(f"{'would remove' if args.dry_run else 'removed'}: {dk} {nodeid} ({stages})"))
-        if gone and not args.dry_run:
+            # the lock is the file's folder: one per folder, taken in path order (two prunes agree)
+            folders = {str(Path(os.path.realpath(f)).parent): f for f in reversed(files)}
+            for folder in sorted(folders):
+                held.enter_context(baseline_lock(folders[folder]))
+        except (BaselineError, OSError) as e:
+            raise UsageError(f"{e} (nothing pruned)") from None
+        for f in files:
+            try:
+                b = Baselines.load(f)
+            except NotABaselineFile as e:
+                if len(files) == 1:
+                    raise UsageError(str(e)) from None
+                print(visible(f"llmcycle: skipped {e}"))  # another tool's file in the folder: left alone
+                continue
+            except BaselineError as e:
+                raise UsageError(f"{e} (nothing pruned)") from None
+            gone = sorted(
+                (dk, nodeid)
+                for dk, dev in b.devices().items()
+                if not args.device_key or dk == args.device_key
+                for nodeid in dev.get("tests", {})
+                if nodeid not in keep
+            )
+            lines = [f"{dk} {nodeid} ({', '.join(sorted(b.devices()[dk]['tests'][nodeid]))})" for dk, nodeid in gone]
             for dk, nodeid in gone:
                 b.remove_test(dk, nodeid)
-            atomic_write_text(path, b.dumps())
+            plans.append((f, b, lines))
+        if not args.dry_run:
+            _replace_all([(f, b.dumps()) for f, b, lines in plans if lines])
     verb = "would remove" if args.dry_run else "removed"
-    print(visible(f"llmcycle: {verb} {len(gone)} test entr{'y' if len(gone) == 1 else 'ies'} from {path}"))
+    for f, _, lines in plans:
+        for line in lines:
+            print(visible(f"{verb}: {line}"))
+        print(visible(f"llmcycle: {verb} {len(lines)} test entr{'y' if len(lines) == 1 else 'ies'} from {f}"))
+
+
+def _replace_all(texts: list[tuple[Path, str]]) -> None:
+    """Write every file or none: each new text goes to a temp file next to its file (named as
+    ``storage.baseline.atomic_write_text`` names them, so a killed prune's are cleaned up), and
+    only when all are on disk do they replace their files."""
+    import os
+    import tempfile
+
+    from .storage.baseline import write_problem
+
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts:
+            real = Path(os.path.realpath(path))
+            problem = write_problem(real, check_name=False)
+            if problem:
+                raise UsageError(f"{problem}; nothing pruned")
+            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.{os.getpid()}.", suffix=".tmp", dir=real.parent)
+            staged.append((tmp, real))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, real.stat().st_mode & 0o777)
+    except BaseException as e:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or e}; nothing pruned") from None
+        if isinstance(e, UnicodeEncodeError):
+            raise UsageError(f"cannot write {path}: it holds text that is not valid Unicode (a lone surrogate); nothing pruned") from None
+        raise
+    done: list[Path] = []
+    for tmp, real in staged:
+        try:
+            os.replace(tmp, real)
+        except OSError as e:  # the folders took a temp file a moment ago: this is next to impossible
+            for t, _ in staged[len(done):]:
+                try:
+                    os.unlink(t)
+                except OSError:
+                    pass
+            pruned = ", ".join(map(str, done)) or "none"
+            raise UsageError(f"cannot replace {real}: {e.strerror or e}; pruned: {pruned}; not pruned: the rest") from None
+        done.append(real)
 
 
 # --------------------------------------------------------------------------- history
@@ -198,7 +273,11 @@ def cmd_history(args: argparse.Namespace) -> int:
     from .reports.terminal import fmt_ms, simple_table, trend_sparkline
 
     path = Path(args.db)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise UsageError(f"{str(path)!r}: not a usable path ({e})") from None
+    if not is_file:
         raise UsageError(f"{path}: no such history file (pytest --llmcycle-history {path} creates it)")
     store = SQLiteHistory(path)  # read-only: a file that is not a history is refused unchanged
     import sqlite3
@@ -246,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmcycle",
         description="Inspect, compare and maintain pytest-llmcycle baseline files, JSON reports and history.",
-        epilog="exit codes: 0 ok, 1 a stage regressed (compare), 2 usage error",
+        epilog="exit codes: 0 ok, 1 a stage regressed (compare), 2 usage error or a refused file, 3 internal error, 130 interrupted",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -307,17 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 ok, 1 regressed (compare), 2 usage error or a file that is
+    refused, 3 an internal error (a bug: one line, never a traceback, and never 1, which a CI
+    job would read as a regression), 130 interrupted (Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .reports.escape import visible
+
     try:
         return args.func(args)
     except UsageError as e:
-        from .reports.escape import visible
-
         print(visible(f"llmcycle: error: {e}", keep="\n"), file=sys.stderr)  # messages quote files and keys
         return USAGE
     except BrokenPipeError:  # `llmcycle show ... | head`
         return OK
+    except KeyboardInterrupt:
+        print("llmcycle: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as e:  # the last resort: every input problem above has its own message
+        print(visible(f"llmcycle: internal error: {type(e).__name__}: {e} (please report it)"), file=sys.stderr)
+        return INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,43 +37,46 @@ class Snapshot:
     meta: dict = field(default_factory=dict)
 
 
-def _entry_from_row(row: dict) -> Entry:
-    samples = row.get("samples_ms") or [row["median_ms"]]
-    return Entry(
-        median_ms=float(row["median_ms"]),
-        q1_ms=float(row.get("q1_ms") or row["median_ms"]),
-        q3_ms=float(row.get("q3_ms") or row["median_ms"]),
-        n=int(row.get("n") or len(samples)),
-        samples_ms=tuple(float(s) for s in samples),
-        unit=str(row.get("unit", "call")),
-        cold_ms=row.get("cold_ms"),
-        env=dict(row.get("env") or {}),
-        counters=dict(row.get("counters") or {}),
-    )
+FORMAT_HINT = '"format": "pytest-llmcycle-report"'
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number the plugin writes")
 
 
 def load(path: str | Path) -> Snapshot:
-    from .reports.jsondoc import is_report
+    """Read a baseline file, a folder of per-module baseline files or a JSON report, validated
+    as the plugin validates what it reads; anything else raises :class:`SnapshotError` (one line)."""
+    from .reports.jsondoc import ReportError, is_report, stage_rows
 
     p = Path(path)
-    if p.is_dir():
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise SnapshotError(f"{str(p)!r}: not a usable path ({e})") from None
+    if is_dir:
         return _load_folder(p)
-    if not p.is_file():
+    if not is_file:
         raise SnapshotError(f"{p}: no such file")
     try:
         text = p.read_text(encoding="utf-8")
-        doc = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SnapshotError(f"{p}: not a readable JSON file ({e})") from None
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: bad JSON, NaN/Infinity, an integer too long to read; RecursionError: nesting too deep
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SnapshotError(f"{p}: not a readable JSON file ({what})") from None
     if is_report(doc):
+        try:
+            rows = stage_rows(doc, p)
+        except ReportError as e:
+            raise SnapshotError(str(e)) from None
         snap = Snapshot(p, "report", meta=dict(doc.get("meta") or {}))
-        for row in doc.get("results") or []:
-            if row.get("kind", "stage") != "stage" or row.get("median_ms") is None:
-                continue  # cycle totals and cold calls are derived, not stored measurements
-            key = (row.get("device_key", ""), row["nodeid"], row["stage"])
-            snap.entries[key] = _entry_from_row(row)
-            snap.thresholds[key] = (row.get("verdict") or {}).get("threshold")
+        for dk, nodeid, stage, entry, threshold in rows:
+            snap.entries[(dk, nodeid, stage)] = Entry.from_json(entry)
+            snap.thresholds[(dk, nodeid, stage)] = threshold
         return snap
+    if isinstance(doc, dict) and "results" in doc and "devices" not in doc:  # its rows must not be read as no entries
+        raise SnapshotError(f"{p}: a JSON report without its 'format' field ({FORMAT_HINT}); write it again with pytest --llmcycle-report")
     if isinstance(doc, dict) and "schema" in doc:
         try:
             b = Baselines.loads(text, p)

@@ -14,7 +14,7 @@ session (the plugin raises ``pytest.UsageError``); a bad marker fails its own te
 
 What a marker can change per test lives in :class:`Settings`, one frozen record per test; what
 belongs to the whole run (test selection, outputs, the stage time limit, xdist GPUs) in
-:class:`RunOptions`.
+:class:`RunOptions`. :func:`check_output_paths` refuses outputs aimed at the baseline files.
 
 Pure Python (no torch, numpy or pytest imports) so the plugin imports cheaply.
 """
@@ -410,6 +410,33 @@ def resolve_run(cli: Mapping[str, Any], ini: Mapping[str, Any], rootdir: Path) -
     if run.skip and run.only:
         raise SettingError("--llmcycle-skip and --llmcycle-only exclude each other; give one")
     return run
+
+
+def check_output_paths(settings: Settings, run: RunOptions, rootdir: Path) -> None:
+    """Refuse a report, history or TensorBoard path that is the baseline file or, with ``{module}``
+    in the baseline path, lies in the baseline files' folder: writing it would replace the
+    baselines (and so switch gating off) or put a file among them. Symlinks are followed."""
+    from .storage.baseline import MODULE_PLACEHOLDER, BaselineFiles
+
+    files = BaselineFiles.at(settings.baseline, rootdir)
+    template = str(files.path)
+    if files.per_module:
+        head = template.split(MODULE_PLACEHOLDER)[0]
+        folder = os.path.realpath(head if head.endswith(os.sep) else os.path.dirname(head))
+    target = os.path.realpath(template)
+    outputs = [("report", p) for p in run.report] + [(n, getattr(run, n)) for n in ("history", "tensorboard")]
+    for name, path in outputs:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if files.per_module and (real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)):
+            where = f"in {folder}, the folder of the per-module baseline files ({cli_flag('baseline')} {settings.baseline})"
+        elif not files.per_module and real == target:
+            where = f"the baseline file ({cli_flag('baseline')} {settings.baseline})"
+        else:
+            continue
+        raise SettingError(f"{cli_flag(name)} {path} is {where}: writing it there would replace or mix with the "
+                           f"baselines; give {cli_flag(name)} a path outside the baselines, e.g. reports/{Path(path).name}")
 
 
 def for_marker(settings: Settings, kwargs: Mapping[str, Any], where: str) -> Settings:

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from .config import MARKER_ARGS, OPTIONS, RunOptions, SettingError, Settings, for_marker, resolve, resolve_run
+from .config import (
+    MARKER_ARGS, OPTIONS, RunOptions, SettingError, Settings, check_output_paths, for_marker, resolve, resolve_run,
+)
 from .run.keys import FIXTURE_KEY, OUTPUTS_KEY, PARALLEL_KEY, RUN_KEY, SETTINGS_KEY, get_run
 
 
@@ -85,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = resolve(cli, ini)
         options = resolve_run(cli, ini, config.rootpath)
+        check_output_paths(settings, options, config.rootpath)  # a report over the baselines: refused
     except SettingError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[SETTINGS_KEY] = settings
@@ -278,8 +281,21 @@ def _finish(item: pytest.Item, test_failed: bool = False) -> list:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN_KEY, None)
-    if run is None or not run.pending:
-        return _write_outputs(session.config, run)
+    step = "baselines"
+    try:
+        if run is not None and run.pending:
+            _write_updates(session, run)
+        step = "reports"
+        _write_outputs(session.config, run)
+    except KeyboardInterrupt:
+        # A Ctrl-C while the baselines or reports are written: what was written stays (each file
+        # is replaced whole or not at all) and the summary names what was not; no traceback.
+        _interrupted(session, run, step)
+    if run is not None and run.reference_interrupted:
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+
+def _write_updates(session: pytest.Session, run: Any) -> None:
     from .storage.baseline import BaselineError
 
     try:
@@ -290,7 +306,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except Exception as e:  # filelock.Timeout and friends: say it, don't crash the summary
         run.write_error = f"baselines NOT written: {type(e).__name__}: {e}"
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    _write_outputs(session.config, run)
+
+
+def _interrupted(session: pytest.Session, run: Any, step: str) -> None:
+    from .reports.escape import visible
+
+    session.exitstatus = pytest.ExitCode.INTERRUPTED
+    parts = []
+    if step == "baselines" and run is not None:
+        written = set(run.written)
+        missing = [f"{n} {s}" for k, n, s, _ in run.pending if f"{k} {n} {s}" not in written]
+        if missing:
+            parts.append(f"baselines NOT written for {len(missing)} stage(s): " + ", ".join(visible(m) for m in missing))
+    out = session.config.stash.get(OUTPUTS_KEY, None)
+    if out is not None and (out["reports"] or out["history"] or out["tensorboard"] or out["wandb"]):
+        parts.append("the reports and history NOT written" if step == "baselines" else "the reports and history not all written")
+    message = "interrupted (Ctrl-C) while writing: " + ("; ".join(parts) or "nothing was left unwritten")
+    if run is not None:
+        run.write_error = f"{run.write_error}; {message}" if run.write_error else message
+    else:  # no timing test ran: nothing but the outputs, and the summary has no run to show
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(f"llmcycle: {message}", red=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -334,5 +371,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             )
     if getattr(run, "write_error", None):
         tr.write_line(f"llmcycle: {run.write_error}", red=True)
+    if getattr(run, "reference_interrupted", False):
+        tr.write_line("llmcycle: interrupted (Ctrl-C) while timing the reference workload: the entries were written "
+                      "without a new reference (the file keeps its stored one, if any)", yellow=True)
     for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):
         tr.write_line(f"llmcycle: {message}", red=is_error)

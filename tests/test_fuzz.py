@@ -377,3 +377,131 @@ def test_skipping_the_bootstrap_never_changes_a_verdict(base, cur, factor, thres
         assert (q.outcome, q.ratio, q.reason, q.effective_threshold) == (f.outcome, f.ratio, f.reason, f.effective_threshold)
         assert q.ci is None or q.ci == f.ci
     assert quick.p_value == full.p_value
+
+
+# ----------------------------------------------------------------------------- JSON reports and the CLI (issue 15)
+# What `llmcycle show/compare` read is held to the loader's contract: a JSON report is refused
+# with one line naming the file (exit 2), or every stage row in it is usable exactly as written.
+# The commands themselves never raise, and exit 1 only means "a stage regressed".
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import shutil  # noqa: E402
+
+from pytest_llmcycle import cli  # noqa: E402
+from pytest_llmcycle.compare import SnapshotError, compare as compare_snapshots, load as load_snapshot  # noqa: E402
+from pytest_llmcycle.reports.jsondoc import render as render_report  # noqa: E402
+from pytest_llmcycle.run.results import StageResult  # noqa: E402
+
+
+def good_report() -> str:
+    rows = []
+    for stage, center, unit in (("forward", 10.0, "call"), ("decode", 1.0, "token")):
+        e = bl.entry_from_samples([center * (1 + 0.01 * ((i * 7) % 11 - 5)) for i in range(30)], unit, 3.0, {"threads": 1},
+                                  {"flops": 100})
+        rows.append(StageResult("tests/test_a.py::test_y[1-é]", stage, "cpu-x", vd.Verdict(vd.OK, 0.1, 0.1), unit=unit,
+                                median_ms=e.median_ms, q1_ms=e.q1_ms, q3_ms=e.q3_ms, n=e.n, samples_ms=e.samples_ms,
+                                cold_ms=3.0, env=dict(e.env), counters=dict(e.counters)))
+    return render_report(rows, {"device_key": "cpu-x"})
+
+
+GOOD_REPORT = good_report()
+GOOD_REPORT_PATHS = list(paths(json.loads(GOOD_REPORT)))
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_report(folder: Path, text: str) -> None:
+    """The contract for a JSON report, through the loader and through the commands."""
+    path = folder / "report.json"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    good = folder / "good.json"
+    good.write_text(GOOD_REPORT, encoding="utf-8")
+    try:
+        snap = load_snapshot(path)
+    except SnapshotError as e:
+        assert str(path) in str(e) and "\n" not in str(e), str(e)
+        for argv in (["show", path], ["compare", good, path]):
+            code, out, err = run_cli(*argv)
+            assert code == 2 and err.startswith("llmcycle: error:") and err.count("\n") == 1 and out == "", err
+        return
+    raw = json.loads(text)
+    rows = [r for r in raw["results"] if r.get("kind", "stage") == "stage"]
+    assert len(snap.entries) == len(rows)
+    for r in rows:  # accepted: each stage's numbers are the file's own, finite and positive
+        key = (r["device_key"], r["nodeid"], r["stage"])
+        e = snap.entries[key]
+        assert is_number(r["median_ms"]) and e.median_ms == r["median_ms"]
+        assert all(is_number(s) for s in r["samples_ms"]) and list(e.samples_ms) == r["samples_ms"]
+        assert all(math.isfinite(s) and s > 0 for s in e.samples_ms + (e.median_ms,))
+        assert e.n >= 1 and isinstance(e.unit, str) and e.unit
+        assert snap.thresholds[key] is None or 0 < snap.thresholds[key] < 1
+    for v in compare_snapshots(load_snapshot(good), snap):
+        assert v.outcome in vd.OUTCOMES + ("removed",)
+    for argv in (["show", path], ["show", path, "--format", "json"], ["compare", good, path], ["compare", path, good, "--format", "markdown"]):
+        code, out, err = run_cli(*argv)
+        assert code in (0, 1) and err == "", err
+        out.encode("utf-8")  # nothing unprintable reaches the terminal
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(GOOD_REPORT_PATHS), st.one_of(json_values, extreme_numbers))
+@example(("results", 0, "median_ms"), "10.0")
+@example(("results", 0, "samples_ms"), [])
+@example(("results", 0), 1)
+@example(("results", 0, "median_ms"), float("nan"))
+@example(("results", 0, "verdict", "threshold"), 10**400)
+@example(("results", 0, "counters", "flops"), 10**400)
+def test_a_value_swapped_anywhere_in_a_report_is_refused_or_usable(tmp_path_factory, path, value):
+    check_report(tmp_path_factory.mktemp("r"), dump_any(replace_at(json.loads(GOOD_REPORT), path, value)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(GOOD_REPORT_PATHS))
+@example(("results", 0, "nodeid"))
+def test_a_field_deleted_anywhere_in_a_report_is_refused_or_usable(tmp_path_factory, path):
+    check_report(tmp_path_factory.mktemp("r"), json.dumps(delete_at(json.loads(GOOD_REPORT), path)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(json_values, st.dictionaries(st.sampled_from(ENTRY_KEYS + ["nodeid", "stage", "device_key", "kind",
+                                                                                      "verdict"]),
+                                                         st.one_of(json_values, extreme_numbers), max_size=10)), max_size=3))
+def test_any_rows_in_a_report_are_refused_or_usable(tmp_path_factory, rows):
+    doc = {"format": "pytest-llmcycle-report", "schema": 1, "meta": {}, "results": rows}
+    check_report(tmp_path_factory.mktemp("r"), dump_any(doc))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=len(GOOD_REPORT)))
+def test_every_truncation_of_a_report_is_refused_or_whole(tmp_path_factory, cut):
+    check_report(tmp_path_factory.mktemp("r"), GOOD_REPORT[:cut])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(GOOD_PATHS), st.one_of(json_values, extreme_numbers), st.booleans())
+@example(("devices", "cpu-x", "tests", "tests/test_a.py::test_y[1-é]", "forward", "counters"), {"flops": 10**400}, False)
+@example(("devices", "cpu-x", "tests"), {"t.py::x[\ud800]": {}}, False)
+def test_every_command_refuses_or_handles_a_hostile_baseline_file(tmp_path_factory, path, value, dry_run):
+    """show, compare and prune: exit 0/1 or one line with exit 2; a pruned file loads again."""
+    folder = tmp_path_factory.mktemp("b")
+    f = folder / "baselines.json"
+    f.write_text(dump_any(replace_at(json.loads(GOOD), path, value)), encoding="utf-8")
+    good = folder / "good.json"
+    good.write_text(GOOD, encoding="utf-8")
+    prune = ["prune", f, "--keep", "tests/test_a.py::test_y[1-é]"] + (["--dry-run"] if dry_run else [])
+    for argv in (["show", f], ["compare", good, f], ["compare", f, f], prune):
+        code, out, err = run_cli(*argv)
+        assert code in (0, 1, 2) and (code != 1 or argv[0] == "compare"), (argv, err)
+        assert (code == 2) == bool(err), err
+        if code == 2:
+            assert err.startswith("llmcycle: error:") and err.count("\n") == 1, err
+        out.encode("utf-8")
+    if run_cli("show", f)[0] == 0:
+        Baselines.load(f)  # what prune left is still a valid file
+    shutil.rmtree(folder)

@@ -20,7 +20,8 @@ names it ``ratio_ci`` and adds ``change_ci``, and ``meta`` has ``dirty`` (see
 ``outputs.run_meta``). Readers take a row's samples and ``verdict.threshold``, the same in both
 schemas, so ``llmcycle compare`` reads either.
 
-Rendering only: no timing, no pytest. ``llmcycle compare`` reads these files back.
+Rendering, and reading a report back for ``llmcycle show/compare`` (:func:`stage_rows`, which
+validates each row as strictly as a baseline entry). No timing, no pytest.
 """
 from __future__ import annotations
 
@@ -94,5 +95,78 @@ def _line(d: Mapping[str, Any]) -> str:
         return json.dumps(_clean(d), sort_keys=True, allow_nan=False, default=str)
 
 
+# --------------------------------------------------------------------------- reading (llmcycle show/compare)
+
+
+class ReportError(ValueError):
+    """A JSON report that does not hold what the plugin writes; one line naming the file and the row."""
+
+
+#: a stage row's fields that make its stored measurement (an entry of the baseline file's format)
+_ENTRY_FIELDS = ("median_ms", "q1_ms", "q3_ms", "n", "samples_ms", "unit", "cold_ms", "env", "counters")
+
+
 def is_report(doc: Any) -> bool:
+    """Whether a parsed JSON document says it is a JSON report (its rows still need :func:`stage_rows`)."""
     return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def stage_rows(doc: Mapping[str, Any], path: Any) -> list[tuple[str, str, str, dict, float | None]]:
+    """The measured stages of a report ``doc`` read from ``path``: ``(device_key, nodeid, stage,
+    entry, threshold)``, each entry in the baseline file's format and validated by the same rule
+    (``storage.baseline``): positive finite milliseconds, a non-empty samples list, the required
+    fields. Cycle totals and cold calls are derived rows and are left out. Raises
+    :class:`ReportError` for anything the plugin would not have written.
+    """
+    from ..storage.baseline import _validate_entry  # the baseline file's own entry rule, not a copy
+
+    def bad(where: str, what: str) -> ReportError:
+        return ReportError(f"JSON report {path}: {where} {what}; write the report again with pytest --llmcycle-report")
+
+    schema = doc.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise bad("'schema'", f"is {_short(schema)}, expected {SCHEMA}")
+    if schema > SCHEMA:
+        raise ReportError(f"JSON report {path} has schema {schema}, newer than this pytest-llmcycle reads ({SCHEMA}): upgrade pytest-llmcycle")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise bad("'meta'", "is not an object")
+    results = doc.get("results")
+    if not isinstance(results, list):
+        raise bad("'results'", "is not a list of rows")
+    out: list[tuple[str, str, str, dict, float | None]] = []
+    seen: set = set()
+    for i, row in enumerate(results):
+        where = f"results[{i}]"
+        if not isinstance(row, dict):
+            raise bad(where, "is not an object")
+        kind = row.get("kind", "stage")
+        if not isinstance(kind, str):
+            raise bad(where, f"has kind={_short(kind)}, expected a string")
+        if kind != "stage":
+            continue  # cycle totals and cold calls: derived from the stage rows, not stored measurements
+        for name in ("nodeid", "stage", "device_key"):
+            if not isinstance(row.get(name), str) or (name != "device_key" and not row[name]):
+                raise bad(where, f"has {name}={_short(row.get(name))}, expected a non-empty string")
+        key = (row["device_key"], row["nodeid"], row["stage"])
+        where = f"{where} ({key[1]!r}, stage {key[2]!r})"
+        if key in seen:
+            raise bad(where, "repeats a stage of an earlier row")
+        seen.add(key)
+        # absent bounds and cold time are allowed in a baseline entry too; null is how a report writes them
+        entry = {k: row[k] for k in _ENTRY_FIELDS if k in row and not (row[k] is None and k in ("q1_ms", "q3_ms", "cold_ms"))}
+        _validate_entry(entry, where, bad)
+        verdict = row.get("verdict")
+        if verdict is not None and not isinstance(verdict, dict):
+            raise bad(where, "has a 'verdict' that is not an object")
+        threshold = (verdict or {}).get("threshold")
+        if threshold is not None and not (
+            isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1
+        ):
+            raise bad(where, f"has threshold={_short(threshold)}, expected a fraction between 0 and 1")
+        out.append((*key, entry, threshold))
+    return out
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."

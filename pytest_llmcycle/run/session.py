@@ -53,6 +53,8 @@ class RunState:
         self.written_files: list[str] = []
         #: why the updates were not written, shown in the summary (and failing the run)
         self.write_error: str | None = None
+        #: a Ctrl-C stopped the reference workload's timing at session finish (entries written without it)
+        self.reference_interrupted = False
         #: (nodeid, machine factor) of tests --llmcycle-update did not store: the machine read
         #: too far off its stored reference speed (see LLMCycle.finish)
         self.refused: list[tuple[str, float]] = []
@@ -156,8 +158,9 @@ class RunState:
                 if any(k == self.device_key for k, _, _, _ in entries):
                     ref = self.load_baselines(entries[0][1]).reference(self.device_key)
                     if ref is None or not machine.reference_usable(ref, self.threads) or self.settings.update_all:
-                        measured = measured or machine.reference_entry(self.device, self.threads, self.timing_lock())
-                        refs[self.device_key] = measured
+                        measured = measured or self._reference_now()
+                        if measured is not None:
+                            refs[self.device_key] = measured
                 self.baselines.merge(path, entries, refs, append=self.settings.update_append)
             except Exception as e:  # the next file may well be writable: try it, then say which failed
                 failed.append((path, entries, str(e) if isinstance(e, (BaselineError, OSError)) else f"{type(e).__name__}: {e}"))
@@ -174,6 +177,19 @@ class RunState:
                 f"{len(failed)} of {len(groups)} baseline files failed: "
                 + "; ".join(reason for _, _, reason in failed) + f" ({wrote})"
             )
+
+    def _reference_now(self) -> Entry | None:
+        """The reference workload timed now for :meth:`write_updates`, or None after a Ctrl-C
+        stopped its timing: a Ctrl-C at the end of a run must not cost the run's entries, so they
+        are written without it (the file keeps its stored reference, if any) and
+        ``reference_interrupted`` makes the summary say so."""
+        if self.reference_interrupted:
+            return None
+        try:
+            return machine.reference_entry(self.device, self.threads, self.timing_lock())
+        except KeyboardInterrupt:
+            self.reference_interrupted = True
+            return None
 
     # ---- xdist: a worker's run handed to the controller
     def adopt_device(self, device: str | None, device_key: str | None) -> None:
