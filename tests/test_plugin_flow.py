@@ -397,6 +397,9 @@ def test_a_reference_from_another_environment_is_never_used_and_is_re_recorded(p
     # a reference timed on 1 thread (and, to make its misuse certain, 100x slower than now)
     ref["env"]["threads"] = 1
     ref["median_ms"] *= 100
+    for k in ("q1_ms", "q3_ms"):  # and its quartiles and samples: the loader checks they agree (issue 15)
+        ref[k] *= 100
+    ref["samples_ms"] = [x * 100 for x in ref["samples_ms"]]
     from pytest_llmcycle.storage.baseline import dumps
 
     path.write_text(dumps(data))
