@@ -374,5 +374,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if getattr(run, "reference_interrupted", False):
         tr.write_line("llmcycle: interrupted (Ctrl-C) while timing the reference workload: the entries were written "
                       "without a new reference (the file keeps its stored one, if any)", yellow=True)
+    for note in run.baselines.skipped:  # *.json files in a {module} folder that are not baseline files
+        tr.write_line(f"llmcycle: {visible(note)}", yellow=True)
     for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):
         tr.write_line(f"llmcycle: {message}", red=is_error)

@@ -383,3 +383,21 @@ def test_a_counter_too_large_to_compare_is_refused(tmp_path):
     assert "has counter flops=" in one_line_naming(e.value, path)
     ok = write_raw(tmp_path / "ok.json", stage_doc({**recorded(), "counters": {"flops": 10**18, "aten_ops": 210}}))
     assert Baselines.load(ok).entry("cpu", "t.py::t", "s").counters == {"flops": 10**18, "aten_ops": 210}
+
+
+def test_a_run_says_which_files_in_its_module_folder_it_skipped(pytester):
+    """The note reaches the terminal: a skipped file is never silent."""
+    folder = pytester.path / "perf"
+    folder.mkdir()
+    write_raw(folder / "package.json", {"name": "web"})
+    pytester.makepyfile(
+        test_a="""
+        from pytest_llmcycle.measure.timing import Measurement
+
+        def test_t(llmcycle):
+            llmcycle.record("s", Measurement(samples_ns=(1000, 1100, 1200)))
+        """
+    )
+    result = pytester.runpytest("--llmcycle-baseline", "perf/{module}.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"llmcycle: skipped {folder / 'package.json'}: not a baseline file*"])
