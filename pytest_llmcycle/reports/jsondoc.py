@@ -118,7 +118,7 @@ def stage_rows(doc: Mapping[str, Any], path: Any) -> list[tuple[str, str, str, d
     fields. Cycle totals and cold calls are derived rows and are left out. Raises
     :class:`ReportError` for anything the plugin would not have written.
     """
-    from ..storage.baseline import _validate_entry  # the baseline file's own entry rule, not a copy
+    from ..storage.baseline import validate_entry  # the baseline file's own entry rule, not a copy
 
     def bad(where: str, what: str) -> ReportError:
         return ReportError(f"JSON report {path}: {where} {what}; write the report again with pytest --llmcycle-report")
@@ -154,7 +154,7 @@ def stage_rows(doc: Mapping[str, Any], path: Any) -> list[tuple[str, str, str, d
         seen.add(key)
         # absent bounds and cold time are allowed in a baseline entry too; null is how a report writes them
         entry = {k: row[k] for k in _ENTRY_FIELDS if k in row and not (row[k] is None and k in ("q1_ms", "q3_ms", "cold_ms"))}
-        _validate_entry(entry, where, bad)
+        validate_entry(entry, where, bad)
         verdict = row.get("verdict")
         if verdict is not None and not isinstance(verdict, dict):
             raise bad(where, "has a 'verdict' that is not an object")

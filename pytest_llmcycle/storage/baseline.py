@@ -556,7 +556,7 @@ def _validate(raw: Any, path: Path) -> None:
         if not isinstance(dev, dict):
             raise bad(f"devices.{_name(key)}", "is not an object")
         if "reference" in dev:
-            _validate_entry(dev["reference"], f"devices.{_name(key)}.reference", bad)
+            validate_entry(dev["reference"], f"devices.{_name(key)}.reference", bad)
         tests = dev.get("tests", {})
         if not isinstance(tests, dict):
             raise bad(f"devices.{_name(key)}.tests", "is not an object")
@@ -564,7 +564,7 @@ def _validate(raw: Any, path: Path) -> None:
             if not isinstance(stages, dict):
                 raise bad(f"devices.{_name(key)}.tests[{nodeid!r}]", "is not an object")
             for stage, entry in stages.items():
-                _validate_entry(entry, f"devices.{_name(key)}.tests[{nodeid!r}].{_name(stage)}", bad)
+                validate_entry(entry, f"devices.{_name(key)}.tests[{nodeid!r}].{_name(stage)}", bad)
 
 
 def _name(key: str) -> str:
@@ -582,7 +582,11 @@ def _short(v: Any) -> str:
     return r if len(r) <= 40 else r[:37] + "..."
 
 
-def _validate_entry(entry: Any, where: str, bad) -> None:
+def validate_entry(entry: Any, where: str, bad) -> None:
+    """Check one stored entry (a parsed JSON object); ``bad(where, what)`` builds the error to raise.
+
+    The one entry rule: baseline files use it, and so do JSON reports read by ``llmcycle compare``.
+    """
     if not isinstance(entry, dict):
         raise bad(where, "is not an object")
     if not _positive_time(entry.get("median_ms")):
