@@ -40,6 +40,8 @@ def _configure_parallel(config: pytest.Config, options: RunOptions) -> None:
         "worker_index": worker_index,
         "worker_count": worker_count,
         "pin_gpus": options.xdist_gpus,
+        # every xdist worker of one run shares it: a reference stored in this run is never "earlier"
+        "run_id": getattr(config, "workerinput", {}).get("testrunuid"),
     }
 
 
@@ -50,6 +52,7 @@ def _configure_outputs(config: pytest.Config, options: RunOptions) -> None:
         "tensorboard": options.tensorboard,
         "wandb": options.wandb,
         "step_summary": options.step_summary,
+        "report_samples": options.report_samples,
         "messages": [],
     }
 
@@ -73,6 +76,7 @@ def _write_outputs(config: pytest.Config, run: Any) -> None:
     out["messages"] = write_outputs(
         results, meta, out["reports"], out["history"] if results else None,
         out["tensorboard"] if results else None, out["step_summary"], wandb=out["wandb"] if results else None,
+        report_samples=out["report_samples"],
     )
 
 
@@ -182,6 +186,10 @@ def prepare_run(config: pytest.Config) -> Any:
         run.device  # noqa: B018 - resolve now so a bad --llmcycle-device fails before the run
     except ValueError as e:
         raise pytest.UsageError(f"--llmcycle-device: {e}") from None
+    try:
+        run.device_key  # noqa: B018 - a bad placeholder in the key fails before the run, too
+    except ValueError as e:
+        raise pytest.UsageError(f"--llmcycle-device-key (llmcycle_device_key): {e}") from None
     if run.settings.update:
         problem = run.baselines.check_writable()
         if problem:
@@ -272,6 +280,9 @@ def _finish(item: pytest.Item, test_failed: bool = False) -> list:
     obj = item.stash.get(FIXTURE_KEY, None)
     if obj is None:
         return []
+    # the item lives to the end of the session: let go of the fixture and its working state
+    # (every stage's raw samples in ms) once its rows are judged; the run keeps the rows
+    del item.stash[FIXTURE_KEY]
     failing = obj.finish(test_failed=test_failed)
     from .reports.outputs import junit_properties
 
@@ -291,6 +302,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # A Ctrl-C while the baselines or reports are written: what was written stays (each file
         # is replaced whole or not at all) and the summary names what was not; no traceback.
         _interrupted(session, run, step)
+    if run is not None and run.refused and session.exitstatus == pytest.ExitCode.OK:
+        # --llmcycle-update stored nothing for these tests: a CI job that records must not go
+        # green (the summary gives the command that forces it, --llmcycle-update-force)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if run is not None and run.reference_interrupted:
         session.exitstatus = pytest.ExitCode.INTERRUPTED
 

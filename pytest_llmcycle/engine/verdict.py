@@ -434,6 +434,11 @@ class Case:
     remeasured_machine_factor: float | None = None
     #: why there is no baseline, when ``baseline`` is None and the default reason does not fit
     no_baseline_reason: str = ""
+    #: with no ``baseline``: another device key's entry of this stage whose counters still judge
+    #: this run (same device kind, library versions and dtype; counters need not the same CPU),
+    #: and that key (:func:`_counters_elsewhere`)
+    counters_baseline: Evidence | None = None
+    counters_key: str = ""
 
 
 def decide(case: Case) -> Verdict:
@@ -449,7 +454,8 @@ def decide(case: Case) -> Verdict:
     r, base, cur = case.rules, case.baseline, case.current
     if base is None:
         v = judge(None, cur.samples_ms, r.threshold, r.alpha)
-        return replace(v, reason=case.no_baseline_reason) if case.no_baseline_reason else v
+        v = replace(v, reason=case.no_baseline_reason) if case.no_baseline_reason else v
+        return _counters_elsewhere(case, v) if case.counters_baseline is not None else v
     if base.unit != cur.unit:
         return Verdict(
             NOT_COMPARABLE, r.threshold, r.threshold, decided_by=BY_UNIT,
@@ -479,6 +485,34 @@ def decide(case: Case) -> Verdict:
     if r.recording and cur.counters and not base.counters and v.outcome == OK:
         return replace(v, outcome=NEW, reason="counters not in the baseline yet")
     return v
+
+
+def _counters_elsewhere(case: Case, new: Verdict) -> Verdict:
+    """Counters judged against another device key's entry while time has no baseline here.
+
+    FLOPs, op counts and bytes do not depend on the CPU model, so a newcomer's machine (a
+    laptop, another runner class) still fails a stage whose counters grew: regressed, decided by
+    counters. Time stays not judged: unchanged counters leave the stage ``new`` with its reason,
+    and say so; counters that fell make it ``improved`` by counters.
+    """
+    from .counts import compare as compare_counters, describe
+
+    other, cur = case.counters_baseline, case.current
+    assert other is not None
+    if not other.counters or not cur.counters or other.unit != cur.unit:
+        return new
+    source = f"counters of device key {case.counters_key!r} (same device kind and library versions)"
+    changed = compare_counters(other.counters, cur.counters)
+    grew = [c for c in changed if c.increased]
+    time_note = f"time not judged: {new.reason}" if new.reason else "time not judged"
+    if grew:
+        return replace(new, outcome=REGRESSED, reason=f"{describe(grew, cur.unit)}; {source}; {time_note}", decided_by=BY_COUNTERS)
+    if changed:
+        return replace(
+            new, outcome=IMPROVED, decided_by=BY_COUNTERS,
+            reason=f"{describe(changed, cur.unit)}; {source}: record it with --llmcycle-update; {time_note}",
+        )
+    return replace(new, reason=f"{new.reason}; {source} unchanged" if new.reason else f"{source} unchanged")
 
 
 def _time(case: Case, cur: Evidence, machine_factor: float | None) -> Verdict:

@@ -142,13 +142,82 @@ def slug(text: str) -> str:
     return s or "unknown"
 
 
-def default_device_key(device: str) -> str:
-    """``cpu-<model>`` or ``cuda-<gpu name>``: identical runners share a key.
+#: words of a CPU model name that say nothing about its class
+_FILLER = {"processor", "cpu", "with", "radeon", "graphics", "apu", "mobile", "gen"}
 
-    The thread count and library versions are not part of the key; they are checked with
-    each entry, so a changed environment reads as "not comparable" rather than as "new".
+
+def cpu_family(model: str) -> str:
+    """Vendor and family of a CPU model name, as a slug: the words before its first model number.
+
+    ``AMD EPYC 7763 64-Core Processor`` and a VM's ``AMD EPYC`` are both ``amd-epyc``;
+    ``Intel(R) Xeon(R) Platinum 8370C CPU @ 2.80GHz`` is ``intel-xeon-platinum``. A short tier
+    word right after the family stays (``intel-core-i7``, ``apple-m2``): a different class.
+    Filler words (``processor``, ``cpu``, ``gen``, ...), numbers before the vendor and a
+    parenthesised code name are dropped.
     """
-    return f"{device_kind(device)}-{slug(device_name(device))}"
+    words = slug(re.sub(r"\([^)]*\)", " ", model.replace("(R)", "").replace("(TM)", "")
+                        .replace("(r)", "").replace("(tm)", ""))).split("-")
+    out: list[str] = []
+    for w in words:
+        if any(c.isdigit() for c in w):
+            if not out:  # "13th Gen Intel ...": a leading generation is no model number
+                continue
+            if re.fullmatch(r"[a-z]\d{1,2}", w):
+                out.append(w)
+            break
+        if w not in _FILLER and w != "unknown":
+            out.append(w)
+    return "-".join(out) or slug(model)
+
+
+#: the placeholders a device key may hold (``--llmcycle-device-key``, ``llmcycle_device_key``)
+KEY_PLACEHOLDERS = ("kind", "family", "model")
+
+
+def key_parts(device: str) -> dict[str, str]:
+    """What the placeholders of a device key stand for on ``device`` here: ``kind`` (cpu, cuda,
+    mps), ``model`` (the full model name as a slug) and ``family`` (:func:`cpu_family` of a
+    CPU; a GPU's full name: its name is its class)."""
+    kind = device_kind(device)
+    model = slug(device_name(device))
+    family = cpu_family(device_name(device)) if kind == "cpu" else model
+    return {"kind": kind, "family": family, "model": model}
+
+
+#: the key a device is stored under by default: ``cpu-amd-epyc``, ``cuda-nvidia-h100-80gb-hbm3``
+DEFAULT_KEY = "{kind}-{family}"
+
+
+def expand_device_key(template: str, device: str) -> str:
+    """``template`` with ``{kind}``, ``{family}`` and ``{model}`` replaced for ``device``.
+
+    Raises ValueError naming the placeholder when the template holds another brace.
+    """
+    if "{" not in template and "}" not in template:
+        return template
+    unknown = [p for p in re.findall(r"\{([^{}]*)\}", template) if p not in KEY_PLACEHOLDERS]
+    stray = re.sub(r"\{[^{}]*\}", "", template)
+    if unknown or "{" in stray or "}" in stray:
+        bad = f"{{{unknown[0]}}}" if unknown else "a stray brace"
+        raise ValueError(
+            f"device key {template!r} holds {bad}: the placeholders are {{kind}}, {{family}} and {{model}}, "
+            "e.g. --llmcycle-device-key 'cpu-{model}' for the full CPU model"
+        )
+    parts = key_parts(device)
+    return re.sub(r"\{(\w+)\}", lambda m: parts[m.group(1)], template)
+
+
+def default_device_key(device: str) -> str:
+    """``cpu-<vendor and family>`` or ``cuda-<gpu name>``: the runners of one class share a key.
+
+    A CPU is keyed by family, not its full model name, so a fleet whose VMs report ``AMD EPYC``
+    or ``AMD EPYC 7763 64-Core Processor`` shares ``cpu-amd-epyc``; the full model is
+    ``--llmcycle-device-key 'cpu-{model}'`` (see :func:`expand_device_key`). Timing is still
+    judged per entry: the thread count and library versions are checked with each entry, so a
+    changed environment reads as "not comparable" rather than as "new", and a faster or slower
+    member of the family shows in the machine factor.
+    """
+    return expand_device_key(DEFAULT_KEY, device)
 
 
 def default_threads() -> int:

@@ -242,6 +242,8 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
         out.append(f"llmcycle: {what} regressed on {r.device_key}")
         b = r.baseline
+        if b is None and v.reason:  # no baseline here: another device key's counters decided it
+            out.append(f"  counters  {v.reason}")
         if b is not None and r.counters:
             from ..engine.counts import counter_lines
 

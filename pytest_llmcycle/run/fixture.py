@@ -326,11 +326,14 @@ class LLMCycle:
             confirmation = vd.CONFIRM_IMPOSSIBLE
         else:
             confirmation = vd.CONFIRM_REMEASURE if s.remeasure else vd.CONFIRM_NOT_NEEDED
+        elsewhere = None if entry or not counters else self._counters_baseline(stage, env)
         case = vd.Case(
             entry.evidence() if entry else None,
             vd.Evidence(cur, measurement.unit, env, dict(counters or {})),
             self._rules(confirmation, machine_check=s.machine_check),
             no_baseline_reason="" if entry else self._no_baseline_reason(),
+            counters_baseline=elsewhere[1].evidence() if elsewhere else None,
+            counters_key=elsewhere[0] if elsewhere else "",
         )
         final, final_ms, remeasured = measurement, cur, None
         v = vd.decide(case)
@@ -380,6 +383,19 @@ class LLMCycle:
 
     def _baseline(self, stage: str) -> Entry | None:
         return self._run.load_baselines(self.nodeid).entry(self.device_key, self.nodeid, stage)
+
+    def _counters_baseline(self, stage: str, env: dict) -> tuple[str, Entry] | None:
+        """(device key, entry) of this stage under another key whose counters can judge this run,
+        when this key has none: the same device kind (the key's first word: cpu, cuda, mps), the
+        same torch and transformers versions and dtype as ``env``, and counters stored. Counters
+        do not depend on the CPU model; time does, and stays unjudged (see ``vd.Case``)."""
+        kind = devmod.device_kind(self._run.device)
+        for key, entry in self._run.load_baselines(self.nodeid).entries_elsewhere(self.device_key, self.nodeid, stage):
+            if key.split("-", 1)[0] != kind or not entry.counters:
+                continue
+            if all(str(entry.env.get(k)) == str(env.get(k)) for k in ("torch", "transformers", "dtype")):
+                return key, entry
+        return None
 
     def _no_baseline_reason(self) -> str:
         """Why a stage has no baseline when its file holds this test under other device keys

@@ -8,6 +8,7 @@ machine's speed (``measure.machine``).
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,8 +37,12 @@ class RunState:
         worker_index: int | None = None,
         worker_count: int = 1,
         pin_gpus: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.settings = settings
+        #: names this run in the reference it stores; every xdist worker of a run shares it (the
+        #: controller's testrunuid), so no worker takes a reference stored in this run as earlier
+        self.run_id = run_id or uuid.uuid4().hex[:16]
         #: --llmcycle-stage-timeout: None = the default (see stage_limit_s), 0 = no limit
         self.stage_timeout_s = stage_timeout_s
         #: this process's xdist worker number (gw3 -> 3) and the number of workers, or None/1
@@ -97,8 +102,21 @@ class RunState:
 
     @property
     def device_key(self) -> str:
+        """``--llmcycle-device-key`` with its placeholders filled in, or the default key (see
+        :func:`..measure.device.default_device_key`); raises ValueError for an unknown placeholder.
+
+        Without the option, a baseline file recorded before keys named the CPU family (its
+        entries under the full model, ``cpu-amd-epyc-7763-64-core-processor``, none under
+        ``cpu-amd-epyc``) keeps being judged under the key it was recorded with.
+        """
         if self._device_key is None:
-            self._device_key = self.settings.device_key or devmod.default_device_key(self.device)
+            if self.settings.device_key:
+                self._device_key = devmod.expand_device_key(self.settings.device_key, self.device)
+            else:
+                key = devmod.default_device_key(self.device)
+                legacy = devmod.expand_device_key("{kind}-{model}", self.device)
+                keys = self.baselines.device_keys()
+                self._device_key = legacy if key not in keys and legacy in keys else key
         return self._device_key
 
     @property
@@ -124,8 +142,12 @@ class RunState:
     # ---- the machine's speed
     def machine_factor(self, sample_s: float = 0.0, nodeid: str | None = None) -> float | None:
         """Current / stored median of the reference workload in ``nodeid``'s baseline file, or
-        None without a usable stored one (see :func:`..measure.machine.machine_factor`)."""
-        stored = self.load_baselines(nodeid).reference(self.device_key)
+        None without a usable one stored by an earlier run (see :func:`..measure.machine.machine_factor`).
+
+        A reference this run stored (another xdist worker wrote the file seconds ago) is no
+        measure of how fast the machine was when the baselines were recorded: it is not used.
+        """
+        stored = machine.stored_earlier(self.load_baselines(nodeid).reference(self.device_key), self.run_id)
         return machine.machine_factor(stored, self.device, self.threads, self.timing_lock(), sample_s)
 
     # ---- writing
@@ -149,6 +171,8 @@ class RunState:
                 "; ".join(problems) + f" (none of the {len(groups)} baseline file(s) was written)"
                 if len(groups) > 1 else problems[0]
             )
+        # the batch lengths the reference is timed in: those of the stages recorded (see measure.machine)
+        lengths = [machine.stage_sample_s(e.median_ms, e.unit) for k, _, _, e in self.pending if k == self.device_key]
         measured: Entry | None = None
         failed: list[tuple[Path, list, str]] = []
         done: list[str] = []
@@ -158,9 +182,15 @@ class RunState:
                 if any(k == self.device_key for k, _, _, _ in entries):
                     ref = self.load_baselines(entries[0][1]).reference(self.device_key)
                     if ref is None or not machine.reference_usable(ref, self.threads) or self.settings.update_all:
-                        measured = measured or self._reference_now()
+                        measured = measured or self._reference_now(lengths)
                         if measured is not None:
                             refs[self.device_key] = measured
+                    elif machine.missing_buckets(ref, lengths):
+                        # a stage longer than any recorded so far: its batch length is timed and
+                        # added; the stored ones stay (the entries recorded against them stand)
+                        extra = self._reference_now(machine.missing_buckets(ref, lengths))
+                        if extra is not None:
+                            refs[self.device_key] = machine.with_buckets(ref, extra)
                 self.baselines.merge(path, entries, refs, append=self.settings.update_append)
             except Exception as e:  # the next file may well be writable: try it, then say which failed
                 failed.append((path, entries, str(e) if isinstance(e, (BaselineError, OSError)) else f"{type(e).__name__}: {e}"))
@@ -178,15 +208,16 @@ class RunState:
                 + "; ".join(reason for _, _, reason in failed) + f" ({wrote})"
             )
 
-    def _reference_now(self) -> Entry | None:
-        """The reference workload timed now for :meth:`write_updates`, or None after a Ctrl-C
+    def _reference_now(self, sample_s: list[float] | tuple = ()) -> Entry | None:
+        """The reference workload timed now for :meth:`write_updates` (in 0.1 ms batches and in
+        the buckets of the stages' sample lengths ``sample_s``), or None after a Ctrl-C
         stopped its timing: a Ctrl-C at the end of a run must not cost the run's entries, so they
         are written without it (the file keeps its stored reference, if any) and
         ``reference_interrupted`` makes the summary say so."""
         if self.reference_interrupted:
             return None
         try:
-            return machine.reference_entry(self.device, self.threads, self.timing_lock())
+            return machine.reference_entry(self.device, self.threads, self.timing_lock(), sample_s, self.run_id)
         except KeyboardInterrupt:
             self.reference_interrupted = True
             return None

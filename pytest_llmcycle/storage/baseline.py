@@ -450,6 +450,13 @@ class Baselines:
         d = self.devices().get(device_key, {}).get("tests", {}).get(nodeid, {}).get(stage)
         return Entry.from_json(d) if d is not None else None
 
+    def entries_elsewhere(self, device_key: str, nodeid: str, stage: str) -> Iterator[tuple[str, Entry]]:
+        """``(key, entry)`` of this stage under every device key but ``device_key``, keys sorted."""
+        for key in sorted(self.devices()):
+            d = self.devices()[key].get("tests", {}).get(nodeid, {}).get(stage) if key != device_key else None
+            if d is not None:
+                yield key, Entry.from_json(d)
+
     def reference(self, device_key: str) -> Entry | None:
         d = self.devices().get(device_key, {}).get("reference")
         return Entry.from_json(d) if d is not None else None
@@ -743,6 +750,10 @@ class BaselineFiles:
                     # another tool's file in the folder is none of ours: it only matters when a
                     # test module's file is one (then load() refuses it, naming it)
                     self.skipped.append(e.note)
+
+    def device_keys(self) -> set[str]:
+        """The device keys of the files loaded so far (all of them after :meth:`preload`)."""
+        return {key for b in self._loaded.values() for key in b.devices()}
 
     def forget_loaded(self) -> None:
         """Read the baseline files again on next use (after something else wrote them)."""
