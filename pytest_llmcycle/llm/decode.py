@@ -2,13 +2,17 @@
 
 Pure: marks in (nanoseconds from the start of each call, one mark per generated token),
 numbers out. With marks ``t_1 .. t_N`` of one call (``t_i``: token *i*'s logits are ready),
-its end ``t_end`` and ``B`` sequences in the batch:
+its end ``t_end``, ``B`` prompts in the batch and ``R`` sequences returned per prompt:
 
 - TTFT (prefill)  = t_1                        (start of the call to the first token's logits)
 - gap (ITL) i     = t_{i+1} - t_i, i = 1..N-1  (one decode step: each token's time)
 - TPOT            = (t_N - t_1) / (N - 1)      (the mean gap)
 - end-to-end      = t_end
-- tokens/s        = B * N / end-to-end
+- tokens/s        = B * R * N / end-to-end    (every returned sequence's tokens)
+
+``R`` is ``num_return_sequences`` (sampling, or beam search returning several beams). Beam
+search with ``K`` beams extends ``B * K`` hypotheses a step and returns ``B * R`` of them
+(``R <= K``); tokens/s counts the returned ones, and ``beams`` says how many were searched.
 """
 from __future__ import annotations
 
@@ -69,7 +73,23 @@ class TokenStats:
     tpot_ms: float | None  # median over calls of (t_N - t_1) / (N - 1)
     itl_ms: dict  # percentile -> per-token gap, pooled over calls
     e2e_ms: float  # median over calls
-    tokens_per_s: float  # B * N / median end-to-end
+    tokens_per_s: float  # B * R * N / median end-to-end
+    return_sequences: int = 1  # R: sequences returned per prompt (num_return_sequences)
+    beams: int = 1  # K: beam search's hypotheses per prompt (1: no beam search)
+
+    @property
+    def sequences(self) -> int:
+        """Sequences one call returns: batch x return sequences."""
+        return self.batch * self.return_sequences
+
+    def shape(self) -> str:
+        """What one call generates, in words: "batch 1", or e.g. "batch 1 x 2 return sequences, 4 beams"."""
+        out = f"batch {self.batch}"
+        if self.return_sequences != 1:
+            out += f" x {self.return_sequences} return sequences"
+        if self.beams != 1:
+            out += f", {self.beams} beams"
+        return out
 
     def table(self) -> str:
         def ms(v: float | None) -> str:
@@ -77,13 +97,14 @@ class TokenStats:
 
         itl = ", ".join(f"p{q} {ms(v)}" for q, v in self.itl_ms.items()) or "n/a (one token)"
         return (
-            f"{self.calls} call(s) x {self.n_tokens} token(s), batch {self.batch}: "
+            f"{self.calls} call(s) x {self.n_tokens} token(s), {self.shape()}: "
             f"TTFT {ms(self.ttft_ms)}, TPOT {ms(self.tpot_ms)}, per-token {itl}, "
             f"end-to-end {ms(self.e2e_ms)}, {self.tokens_per_s:.4g} tokens/s"
         )
 
 
-def token_stats(calls: Sequence[TokenCall], batch: int = 1) -> TokenStats:
+def token_stats(calls: Sequence[TokenCall], batch: int = 1, return_sequences: int = 1, beams: int = 1) -> TokenStats:
+    """Medians over ``calls``; tokens/s over all ``batch * return_sequences`` returned sequences."""
     if not calls:
         raise ValueError("no calls to summarize")
     n = calls[0].n_tokens
@@ -100,7 +121,9 @@ def token_stats(calls: Sequence[TokenCall], batch: int = 1) -> TokenStats:
         tpot_ms=_pct(tpots, 50) / 1e6 if tpots else None,
         itl_ms={q: _pct(gaps, q) / 1e6 for q in PERCENTILES} if gaps else {},
         e2e_ms=e2e / 1e6,
-        tokens_per_s=batch * n / (e2e / 1e9) if e2e > 0 else float("inf"),
+        tokens_per_s=batch * return_sequences * n / (e2e / 1e9) if e2e > 0 else float("inf"),
+        return_sequences=return_sequences,
+        beams=beams,
     )
 
 

@@ -124,7 +124,23 @@ class GenerationResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """Tokens a second over every returned sequence: batch x return sequences x tokens / end-to-end."""
         return self.stats.tokens_per_s
+
+    @property
+    def batch(self) -> int:
+        """Prompts in the batch."""
+        return self.stats.batch
+
+    @property
+    def return_sequences(self) -> int:
+        """Sequences returned per prompt (``num_return_sequences``)."""
+        return self.stats.return_sequences
+
+    @property
+    def beams(self) -> int:
+        """Beam search's hypotheses per prompt (1 without beam search)."""
+        return self.stats.beams
 
     def position_fit(self, metric: str = "time") -> Any:
         """How one decode step's cost grows with the context length it attends to.
@@ -406,7 +422,9 @@ class LLMStages:
         (tokenize outside the timed region). Exactly ``max_new_tokens`` tokens are generated
         every call (``min_new_tokens`` is pinned to it), greedy unless ``do_sample`` or
         ``num_beams`` says otherwise, with a fresh KV cache each call and the seed reset before
-        each call. Other keywords go to ``generate`` (e.g. ``use_cache=False``).
+        each call. Other keywords go to ``generate`` (e.g. ``use_cache=False``,
+        ``num_return_sequences=2``): the result reports the batch, the sequences returned per
+        prompt and the beams as generate ran them, and tokens/s over every returned sequence.
         """
         __tracebackhide__ = True
         _check_model_generates(model)
@@ -421,6 +439,7 @@ class LLMStages:
             call,
             n_tokens=max_new_tokens,
             batch=batch,
+            counts=call.counts,
             prompt_length=prompt_length,
             name=name,
             counters=counters,
@@ -443,7 +462,10 @@ class LLMStages:
         inference_mode: bool,
         dtype: str | None,
         what: str = "tick()",
+        counts: Callable[[], tuple[int, int, int]] | None = None,
     ) -> GenerationResult:
+        """``counts()``: (batch, return sequences per prompt, beams) once the calls ran (generate's;
+        a hand-written loop is ``batch`` sequences, one each)."""
         from . import decode
         from ..measure.steps import MarkedRun, MarkCountError, time_marked
         from ..measure.timing import Measurement
@@ -514,7 +536,7 @@ class LLMStages:
             cycle_weight=0.0, counters=counted.get(stages[2]),
         )
         return GenerationResult(
-            stats=decode.token_stats(parts["calls"], batch),
+            stats=decode.token_stats(parts["calls"], *(counts() if counts is not None else (batch, 1, 1))),
             calls=tuple(parts["calls"]),
             cold=parts["cold"],
             prompt_length=prompt_length,
