@@ -186,7 +186,7 @@ OPTIONS: tuple[Option, ...] = (
            _str, is_valid_device, "auto, cpu, cuda, cuda:N or mps", "auto",
            flag="--llmcycle-device", ini="llmcycle_device", metavar="DEVICE"),
     Option("device_key", "name baselines are stored under, e.g. one name for a fleet of identical CI runners "
-           "(default: device kind and model)", _str, lambda x: bool(x.strip()) and x.isprintable(),
+           "(default: {kind}-{family}, e.g. cpu-amd-epyc; {model}: the full model name)", _str, lambda x: bool(x.strip()) and x.isprintable(),
            "a non-empty name without control characters", None,
            flag="--llmcycle-device-key", ini="llmcycle_device_key", metavar="KEY"),
     Option("threads", "torch CPU threads while timing (default: half the cores)", _int, lambda x: x >= 1,

@@ -183,3 +183,31 @@ def test_writing_stores_the_run_and_the_batch_lengths_of_its_stages(machine_cloc
     ref2 = Baselines.load(tmp_path / ".llmcycle" / "baselines.json").reference("ci")
     assert set(ref2.extra[machine.SAMPLED]) == {"10", "50"} and ref2.extra[machine.RUN] == "rec-1"
     assert ref2.extra[machine.SAMPLED]["10"] == ref.extra[machine.SAMPLED]["10"]
+
+
+# ----------------------------------------------------------------------------- a refused recording fails the run
+
+@pytest.fixture
+def flow_project(pytester):
+    from test_plugin_flow import CONFTEST, INI, TWO_TESTS
+
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini(INI)
+    pytester.makepyfile(test_model=TWO_TESTS)
+    return pytester
+
+
+def test_a_refused_recording_exits_non_zero_with_the_command_that_forces_it(flow_project, monkeypatch):
+    import shlex
+
+    assert flow_project.runpytest("--llmcycle-update").ret == 0
+    monkeypatch.setenv("SLOW_FORWARD", "2.0")
+    monkeypatch.setenv("MACHINE_FACTOR", "2.0")  # stands in for timing the reference (test_plugin_flow)
+    result = flow_project.runpytest("--llmcycle-update-all", "-o", "llmcycle_machine_check=true")
+    result.assert_outcomes(passed=2)  # every test passed, and still the job must not go green
+    assert result.ret == 1
+    line = next(x for x in result.stdout.lines if "store these numbers anyway:" in x)
+    forced = flow_project.runpytest(*shlex.split(line.split("store these numbers anyway:")[1])[1:],
+                                    "-o", "llmcycle_machine_check=true")
+    assert forced.ret == 0
+    forced.stdout.fnmatch_lines(["*wrote 3 baseline entries*"])
