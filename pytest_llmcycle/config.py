@@ -214,6 +214,8 @@ OPTIONS: tuple[Option, ...] = (
            ini="llmcycle_remeasure", marker="remeasure", **_BOOL),
     Option("machine_check", "time a reference workload when a stage looks slower, to tell a slower machine from "
            "slower code (default: true)", default=True, ini="llmcycle_machine_check", **_BOOL),
+    Option("early_stop", "stop a stage's rounds once its verdict can no longer change; false: until the precision "
+           "or the budget (default: true)", default=True, ini="llmcycle_early_stop", marker="early_stop", **_BOOL),
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
     Option("counters", "count FLOPs, aten ops and bytes next to time (LLM helpers)", default=True,
            marker="counters", **_BOOL),
@@ -286,6 +288,7 @@ class Settings:
     update_force: bool = _default("update_force")
     remeasure: bool = _default("remeasure")
     machine_check: bool = _default("machine_check")
+    early_stop: bool = _default("early_stop")
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
     counters: bool = _default("counters")
     #: smoke mode (--llmcycle-disable): every timed callable runs once, untimed and unjudged

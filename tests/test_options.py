@@ -21,7 +21,7 @@ FLAGS = [
 ]
 INI_NAMES = [
     "llmcycle_disable", "llmcycle_baseline", "llmcycle_threshold", "llmcycle_alpha", "llmcycle_budget", "llmcycle_min_rounds",
-    "llmcycle_device", "llmcycle_device_key", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure",
+    "llmcycle_device", "llmcycle_device_key", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure", "llmcycle_early_stop",
     "llmcycle_machine_check", "llmcycle_report", "llmcycle_history", "llmcycle_tensorboard", "llmcycle_wandb", "llmcycle_step_summary",
     "llmcycle_stage_timeout", "llmcycle_xdist_gpus", "llmcycle_strict_all",
 ]
@@ -50,7 +50,7 @@ def test_only_settings_can_be_changed_by_the_marker():
     settings = {f.name for f in fields(Settings)}
     assert all(o.name in settings for o in OPTIONS if o.marker)
     assert MARKER_ARGS == ("threshold", "alpha", "budget", "min_rounds", "max_rounds", "warmup_rounds", "precision",
-                           "remeasure", "counters")
+                           "remeasure", "early_stop", "counters")
 
 
 def test_every_flag_and_ini_option_is_registered_from_the_table(pytester):

@@ -78,11 +78,14 @@ def machine_speed(monkeypatch):
         monkeypatch.setattr(RunState, "machine_factor", lambda self, sample_s=0.0, nodeid=None: float(os.environ["MACHINE_FACTOR"]))
 '''
 
+#: rounds run to the budget (no early stop): the jitter's whole cycle is sampled, so medians are exact;
+#: the early stop's own stories are in tests/test_sequential.py
 INI = """
 [pytest]
 llmcycle_budget = 0.05
 llmcycle_device_key = ci-runner
 llmcycle_machine_check = false
+llmcycle_early_stop = false
 """
 
 TWO_TESTS = """

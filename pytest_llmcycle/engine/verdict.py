@@ -284,6 +284,14 @@ def _process_gates(eff: float, threshold: float, process_range: tuple[float, flo
     return slow, fast
 
 
+def ok_band(threshold: float, process_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The widest band of ratios :func:`judge` calls "ok" at this threshold when the stage's noise is
+    below it: ``[1/(1+t), 1+t]``, widened past the recording processes (the sequential stop's
+    "outside" test, :mod:`pytest_llmcycle.engine.sequential`)."""
+    slow, fast = _process_gates(threshold, threshold, process_range)
+    return 1.0 / (1.0 + fast), 1.0 + slow
+
+
 def _gate(threshold: float, eff: float, eff_slow: float) -> str:
     return "processes" if eff_slow > eff else "noise" if eff > threshold else ""
 

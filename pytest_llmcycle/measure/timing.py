@@ -31,12 +31,16 @@ class TimingPolicy:
     max_rounds: int = 10_000
     warmup_rounds: int = 2
     warmup_fraction: float = 0.1
-    #: stop early once the 95 % CI of the median is within +-precision of it
+    #: stop early once the 95 % CI of the median is within +-precision of it (when no ``stop_when``)
     precision: float = 0.005
     #: calls shorter than this are batched so clock overhead stays below ~0.1 %
     min_sample_s: float = 100e-6
     #: smoke mode (--llmcycle-disable): one call, no warm-up, no rounds; its time is not a measurement
     once: bool = False
+    #: ``stop_when(samples, spent) -> bool``: stop once the verdict is decided (samples so far in ns,
+    #: ``spent`` the share of the budget used; :func:`pytest_llmcycle.engine.sequential.stop_rule`).
+    #: It replaces the precision stop; None: stop on precision.
+    stop_when: Callable[[List[float], float], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,12 +157,18 @@ def run_rounds(
     number: int = 1,
     cold_ns: float | None = None,
     warmup_rounds: int = 0,
+    stop_when: Callable[[List[float], float], bool] | None = None,
 ) -> Measurement:
-    """Warm up, then repeat ``round_fn`` until the budget is spent or the median is precise.
+    """Warm up, then repeat ``round_fn`` until the verdict is decided, the median is precise or
+    the budget is spent.
 
     At least ``min_rounds`` rounds are always taken, so a 100 ms stage with a 1 s budget still
-    gets ten samples; a ms-scale stage stops within the budget, earlier when it is stable.
+    gets ten samples. From then on, on a geometric schedule (rounds x1.25), ``stop_when``
+    (argument, else ``policy.stop_when``) is asked whether the verdict is settled
+    (``stopped_by="settled"``); without one the rounds stop once the median's 95 % interval is
+    within ``policy.precision`` (``"precision"``). The budget is the cap (``"budget"``).
     """
+    stop_when = stop_when if stop_when is not None else policy.stop_when
     start = clock()
     warm_deadline = start + policy.warmup_fraction * policy.budget_s * 1e9
     warm = 0
@@ -168,7 +178,8 @@ def run_rounds(
         if warm >= 1000:
             break
     measure_start = clock()
-    deadline = measure_start + policy.budget_s * 1e9
+    budget_ns = policy.budget_s * 1e9
+    deadline = measure_start + budget_ns
     samples: list[float] = []
     rounds = 0
     next_check = policy.min_rounds
@@ -178,13 +189,18 @@ def run_rounds(
         rounds += 1
         if rounds < policy.min_rounds:
             continue
-        if clock() >= deadline:
+        now = clock()
+        if now >= deadline:
             stopped_by = "budget"
             break
         if rounds >= next_check:
-            # Checking precision costs a sort; doing it on a geometric schedule keeps it cheap.
+            # A look costs a sort; a geometric schedule keeps it cheap (and the sequential rule's looks few).
             next_check = int(math.ceil(rounds * 1.25))
-            if stats.median_ci_halfwidth(samples) <= policy.precision:
+            if stop_when is not None:
+                if stop_when(samples, (now - measure_start) / budget_ns if budget_ns > 0 else 1.0):
+                    stopped_by = "settled"
+                    break
+            elif stats.median_ci_halfwidth(samples) <= policy.precision:
                 stopped_by = "precision"
                 break
     return Measurement(

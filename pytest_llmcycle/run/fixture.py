@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..measure import device as devmod
-from ..engine import verdict as vd
+from ..engine import sequential, verdict as vd
 from ..storage.baseline import Entry, entry_from_samples, ns_to_ms, process_range
 from ..config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
@@ -240,10 +240,15 @@ class LLMCycle:
         policy = self.settings.timing_policy()
         # smoke mode synchronizes nothing (nothing is timed), so resolving the device (torch) is not needed
         dev = "cpu" if self.settings.disable else self._run.device
+        # rounds stop once the verdict is decided; recording (and no baseline) stops on precision
+        s = self.settings
+        entry = self._baseline(stage) if s.early_stop and not (s.update or s.disable) else None
+        base = entry.evidence() if entry else None
 
         def take() -> Measurement:
+            rule = sequential.from_evidence(base, s.threshold)  # fresh looks for each measurement
             with self.timed_section(stage) as deadline:
-                return time_callable(deadline.wrap(fn), dev, policy, self.clock, setup=setup)
+                return time_callable(deadline.wrap(fn), dev, replace(policy, stop_when=rule), self.clock, setup=setup)
 
         return self.record(stage, take(), remeasure=take, dtype=dtype or devmod.dtype_of(fn), cycle_weight=1.0 if cycle else 0.0)
 
