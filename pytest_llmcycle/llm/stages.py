@@ -27,10 +27,12 @@ if TYPE_CHECKING:  # for the annotations only: these modules import numpy
 
 
 class Deadline(Protocol):
-    """A stage's hard limit, as the helpers use it: the timed callable is wrapped so that it
-    stops at its next call once the limit has passed."""
+    """A stage's hard limit, as the helpers use it: ``check()`` between rounds (raises once the
+    limit has passed), or the timed callable wrapped so that it stops at its next call."""
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...
+
+    def check(self) -> None: ...
 
 
 class HelperSettings(Protocol):
@@ -192,6 +194,15 @@ class _Once:
         if self._value is None:
             self._value = self._take()
         return self._value
+
+
+def _guarded(deadline: Any, fn: Callable[[], Any]) -> tuple:
+    """``(fn, check)`` for ``time_callable(fn, ..., check=check)``: the limit checked between rounds,
+    not once a call; a deadline without ``check`` (another Recorder's) wraps ``fn`` instead."""
+    check = getattr(deadline, "check", None)
+    if check is None:
+        return deadline.wrap(fn), None
+    return fn, check
 
 
 def _prefix(name: str) -> str:
@@ -659,7 +670,8 @@ class LLMStages:
 
         def take() -> Any:
             with rec.timed_section(stage) as deadline:
-                return time_callable(deadline.wrap(run), rec.device_str, self._policy(), rec.clock)
+                timed, check = _guarded(deadline, run)
+                return time_callable(timed, rec.device_str, self._policy(), rec.clock, check=check)
 
         m = take()
         c = self._count_call(stage, run) if self._counting(counters) else None
@@ -714,7 +726,8 @@ class LLMStages:
 
             def take(run: Callable[[], Any] = run) -> Any:
                 with rec.timed_section(stage) as deadline:
-                    return time_callable(deadline.wrap(run), rec.device_str, policy, rec.clock)
+                    timed, check = _guarded(deadline, run)
+                    return time_callable(timed, rec.device_str, policy, rec.clock, check=check)
 
             m = take()
             c = self._count_call(f"{stage}[{size}]", run) if self._counting(counters) else None

@@ -83,16 +83,24 @@ def prepared(setup: SetupFn | None) -> tuple[tuple, dict]:
 
 
 def call_round(
-    fn: Callable[..., Any], sync: Callable[[], None], clock: Clock, number: int = 1, setup: SetupFn | None = None,
+    fn: Callable[..., Any],
+    sync: Callable[[], None],
+    clock: Clock,
+    number: int = 1,
+    setup: SetupFn | None = None,
+    check: Callable[[], None] | None = None,
 ) -> RoundFn:
     """Wall-clock round: synchronize, run ``number`` calls, synchronize, divide.
 
     With ``setup`` a round is one call (``number`` is 1) and ``setup()`` runs before the first
-    synchronization, outside the timed region.
+    synchronization, outside the timed region. ``check()`` (the stage's hard limit) runs once a
+    round, before it and outside the timed region: never once a call.
     """
     if setup is not None:
 
         def run_setup() -> List[float]:
+            if check is not None:
+                check()
             args, kwargs = prepared(setup)
             sync()
             t0 = clock()
@@ -102,10 +110,26 @@ def call_round(
 
         return run_setup
 
+    if number == 1:
+
+        def run_one() -> List[float]:
+            if check is not None:
+                check()
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            return [float(clock() - t0)]
+
+        return run_one
+
     def run() -> List[float]:
+        if check is not None:
+            check()
+        loop = range(number)
         sync()
         t0 = clock()
-        for _ in range(number):
+        for _ in loop:
             fn()
         sync()
         return [(clock() - t0) / number]
@@ -113,11 +137,13 @@ def call_round(
     return run
 
 
-def cuda_event_round(fn: Callable[..., Any], device: str, number: int = 1, setup: SetupFn | None = None) -> RoundFn:
+def cuda_event_round(
+    fn: Callable[..., Any], device: str, number: int = 1, setup: SetupFn | None = None, check: Callable[[], None] | None = None,
+) -> RoundFn:
     """CUDA round timed by device events, so queued kernels are counted, not just launches.
 
     ``setup()`` (then one call a round) runs before the synchronization that precedes the
-    start event, so its kernels are done before the timed region begins.
+    start event, so its kernels are done before the timed region begins; so does ``check()``.
     """
     import torch
 
@@ -126,6 +152,8 @@ def cuda_event_round(fn: Callable[..., Any], device: str, number: int = 1, setup
     end = torch.cuda.Event(enable_timing=True)
 
     def run() -> List[float]:
+        if check is not None:
+            check()
         args, kwargs = prepared(setup)
         torch.cuda.synchronize(dev)
         start.record()
@@ -141,12 +169,20 @@ def cuda_event_round(fn: Callable[..., Any], device: str, number: int = 1, setup
     return run
 
 
-def make_round(fn: Callable[..., Any], device: str, clock: Clock, number: int = 1, setup: SetupFn | None = None) -> RoundFn:
+def make_round(
+    fn: Callable[..., Any],
+    device: str,
+    clock: Clock,
+    number: int = 1,
+    setup: SetupFn | None = None,
+    check: Callable[[], None] | None = None,
+) -> RoundFn:
+    """The round function for ``device``: ``number`` calls of ``fn`` a sample, ``check()`` before each round."""
     if setup is not None:
         number = 1  # each call gets its own fresh inputs: no batching
     if device_kind(device) == "cuda" and clock is time.perf_counter_ns:
-        return cuda_event_round(fn, device, number, setup)
-    return call_round(fn, synchronizer(device), clock, number, setup)
+        return cuda_event_round(fn, device, number, setup, check)
+    return call_round(fn, synchronizer(device), clock, number, setup, check)
 
 
 def run_rounds(
@@ -215,18 +251,73 @@ def run_rounds(
     )
 
 
+#: single calls timed before sizing the batch: a function's second call still pays first-call
+#: costs (caches, allocator, dispatch) and ran 3-5x slower than steady state on a ~1 us callable
+CALIBRATION_CALLS = 3
+#: most calls in one timed batch
+MAX_NUMBER = 10_000
+
+
+def calibrate(
+    fn: Callable[[], Any],
+    sync: Callable[[], None],
+    clock: Clock,
+    min_sample_s: float,
+    check: Callable[[], None] | None = None,
+) -> int:
+    """Calls per timed batch so that one batch lasts at least ``min_sample_s``, from steady-state calls.
+
+    Up to :data:`CALIBRATION_CALLS` single calls warm ``fn`` up (the fastest estimates a call);
+    a callable that is long already (5x the target even then) is not batched. Batches then grow
+    from that estimate (at least doubling) until one lasts ``min_sample_s`` or
+    :data:`MAX_NUMBER` calls: the batch size is set by batches, not by a lone call.
+    ``check()`` runs between them (the stage's hard limit).
+    """
+    target = min_sample_s * 1e9
+    fastest = math.inf
+    for _ in range(CALIBRATION_CALLS):
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        fastest = min(fastest, float(clock() - t0))
+        if fastest >= 5 * target:
+            return 1
+    if fastest >= target:
+        return 1
+    number = int(min(MAX_NUMBER, max(1, math.ceil(target / max(fastest, 1.0)))))
+    while True:
+        if check is not None:
+            check()
+        loop = range(number)
+        sync()
+        t0 = clock()
+        for _ in loop:
+            fn()
+        sync()
+        spent = float(clock() - t0)
+        if spent >= target or number >= MAX_NUMBER:
+            return number
+        per_call = max(spent / number, 1.0)
+        number = int(min(MAX_NUMBER, max(2 * number, math.ceil(11 * target / (10 * per_call)))))  # 1.1x the target
+
+
 def time_callable(
     fn: Callable[..., Any],
     device: str,
     policy: TimingPolicy,
     clock: Clock = time.perf_counter_ns,
     setup: SetupFn | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Measurement:
     """Time ``fn``: a cold first call on its own, then calibrated, warmed-up rounds.
 
     ``setup()``, when given, runs before every call (the cold one, warm-up and timed rounds)
     outside the timed region; it may return ``(args, kwargs)`` for that call, like
     pytest-benchmark's ``pedantic(setup=...)``. Calls are then not batched (one per sample).
+    Without it, calls shorter than ``policy.min_sample_s`` are timed in batches sized by
+    :func:`calibrate`. ``check()`` (e.g. the stage's hard limit, ``StageDeadline.check``) runs
+    between rounds and calibration batches, outside the timed region, never inside a batch.
     With ``policy.once`` (smoke mode) ``fn`` runs exactly once and that call is the only sample.
     """
     sync = synchronizer(device)
@@ -243,12 +334,14 @@ def time_callable(
     cold = one_call()
     if policy.once:
         return Measurement(samples_ns=(max(cold, 1.0),), unit="call", rounds=1, spent_s=cold / 1e9, stopped_by="once")
-    # A second call sizes the batch: first-call costs would make it too small.
-    one = max(one_call(), 1.0)
-    number = 1
-    if setup is None and one < policy.min_sample_s * 1e9:
-        number = int(min(10_000, math.ceil(policy.min_sample_s * 1e9 / one)))
-    round_fn = make_round(fn, device, clock, number, setup)
+    if check is not None:
+        check()
+    if setup is None:
+        number = calibrate(fn, sync, clock, policy.min_sample_s, check)
+    else:
+        one_call()  # one more first-call cost out of the rounds (not batched: nothing to size)
+        number = 1
+    round_fn = make_round(fn, device, clock, number, setup, check)
     return run_rounds(round_fn, policy, clock, unit="call", number=number, cold_ns=cold, warmup_rounds=2)
 
 
