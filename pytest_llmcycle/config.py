@@ -239,6 +239,9 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmcycle-wandb", ini="llmcycle_wandb", metavar="PROJECT"),
     Option("step_summary", "append the Markdown report to $GITHUB_STEP_SUMMARY when it is set (default: true)",
            default=True, ini="llmcycle_step_summary", ini_type="bool", **_BOOL),
+    Option("report_samples", "the JSON report writes every sample, the baselines' too (default: a baseline's "
+           "samples only where the baseline file no longer holds them)", default=False,
+           flag="--llmcycle-report-samples", ini="llmcycle_report_samples", ini_type="bool", **_BOOL),
     Option("stage_timeout_s", "hard limit in seconds of one measurement of a stage; a stage past it is stopped at "
            "its next call and fails (default: 300 or 60x the stage's budget, whichever is larger; 0: no limit)",
            _float, lambda x: math.isfinite(x) and x >= 0, "seconds >= 0 (0: no limit), e.g. 300",
@@ -318,6 +321,8 @@ class RunOptions:
     tensorboard: Path | None = _default("tensorboard")
     wandb: str | None = _default("wandb")
     step_summary: bool = _default("step_summary")
+    #: the JSON report writes every sample (default: lean, see reports.jsondoc)
+    report_samples: bool = _default("report_samples")
     #: None: max(300 s, 60x the budget) per stage; 0: no limit
     stage_timeout_s: float | None = _default("stage_timeout_s")
     xdist_gpus: bool = _default("xdist_gpus")

@@ -53,7 +53,7 @@ def test_change_and_its_interval_are_fractions_and_the_ratio_and_its_interval_ra
     slower = judged("t.py::test_a", "prefill", 10.0, 13.0)  # +30 %: the engine bootstraps an interval
     assert slower.outcome == vd.REGRESSED and slower.verdict.ci is not None
     doc = json.loads(jsondoc.render([slower], {}))
-    assert doc["schema"] == 2
+    assert doc["schema"] == 3
     v = doc["results"][0]["verdict"]
     assert "ci" not in v  # schema 1's name for the ratio interval is gone, not silently re-scaled
     lo, hi = v["change_ci"]

@@ -59,13 +59,14 @@ def rows() -> list[StageResult]:
 
 def test_json_report_round_trips_every_row_with_samples_and_baseline(rows):
     doc = json.loads(report_json.render(rows, META))
-    assert doc["format"] == "pytest-llmcycle-report" and doc["schema"] == 2
+    assert doc["format"] == "pytest-llmcycle-report" and doc["schema"] == 3 and doc["samples"] == "lean"
     assert doc["meta"]["device_key"] == "cpu-test"
     assert [r["stage"] for r in doc["results"]] == [r.stage for r in rows]
     slow = next(r for r in doc["results"] if r["stage"] == "decode")
     assert slow["outcome"] == vd.REGRESSED and slow["unit"] == "token"
     assert slow["verdict"]["change"] == pytest.approx(rows[2].verdict.change)
-    assert slow["baseline"]["samples_ms"] and slow["baseline"]["median_ms"] == pytest.approx(rows[2].baseline.median_ms, rel=1e-3)
+    # lean: the baseline's samples stay in the baseline file (tests/test_lean_report.py)
+    assert "samples_ms" not in slow["baseline"] and slow["baseline"]["median_ms"] == pytest.approx(rows[2].baseline.median_ms, rel=1e-3)
     assert len(slow["samples_ms"]) == rows[2].n
     assert next(r for r in doc["results"] if r["stage"] == "backward")["baseline"] is None
 

@@ -1,8 +1,8 @@
 """The JSON report: every row of a run with its samples and its baseline, for tools and the CLI.
 
-Layout (``schema`` 2)::
+Layout (``schema`` 3)::
 
-    {"format": "pytest-llmcycle-report", "schema": 2,
+    {"format": "pytest-llmcycle-report", "schema": 3, "samples": "lean" | "all",
      "meta": {<run: created, commit, dirty, device_key, threads, versions, settings, ...>},
      "results": [<StageResult.to_dict() + "label" + "baseline": <stored entry or null>>, ...]}
 
@@ -15,10 +15,22 @@ Two scales in each row's ``verdict``, each named for itself:
   like ``first_ratio`` and ``machine_factor``.
 
 An interval is null where the verdict needed none (a stage clearly within its threshold).
-Schema 1 wrote ``ci``, the interval of the *ratio*, next to ``change``, a *fraction*; schema 2
-names it ``ratio_ci`` and adds ``change_ci``, and ``meta`` has ``dirty`` (see
-``outputs.run_meta``). Readers take a row's samples and ``verdict.threshold``, the same in both
-schemas, so ``llmcycle compare`` reads either.
+
+Samples, ``"samples": "lean"`` (the default): a report holds each sample once, where nothing
+else does. Every stage row has this run's ``samples_ms``. A row's ``baseline`` has every field
+of the stored entry but ``samples_ms`` when the baseline file (``meta.baseline_file``, the test's
+module in place of ``{module}``) still holds that entry, under ``devices[device_key].tests
+[nodeid][stage]``; it has them when the run re-recorded the stage (``updated``: the file now holds
+this run's samples) and on cycle rows (a sum no file stores). A first-call (``kind`` "cold") row
+has ``samples_ms: []``: its number is ``median_ms``, and the warm samples are its stage row's.
+At 2,000 stages this is about half the bytes. ``"samples": "all"`` (``--llmcycle-report-samples``)
+writes every baseline's samples and the cold rows' copies too, as schema 2 did.
+
+Schema history: schema 1 wrote ``ci``, the interval of the *ratio*, next to ``change``, a
+*fraction*; schema 2 names it ``ratio_ci``, adds ``change_ci`` and ``meta.dirty`` (see
+``outputs.run_meta``); schema 3 adds ``samples`` and leaves out the copies above. Readers take a
+row's own samples and ``verdict.threshold``, the same in every schema, so ``llmcycle compare``
+and ``llmcycle show`` read all three.
 
 Rendering, and reading a report back for ``llmcycle show/compare`` (:func:`stage_rows`, which
 validates each row as strictly as a baseline entry). No timing, no pytest.
@@ -30,10 +42,12 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..storage.baseline import entries_to_json
-from ..run.results import StageResult
+from ..run.results import COLD, CYCLE, StageResult
 
 FORMAT = "pytest-llmcycle-report"
-SCHEMA = 2
+SCHEMA = 3
+#: the ``samples`` field: where a report writes each copy of a sample (see the module docstring)
+LEAN, ALL = "lean", "all"
 
 
 def _clean(v: Any) -> Any:
@@ -48,18 +62,33 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def result_dicts(results: Sequence[StageResult]) -> list[dict[str, Any]]:
-    """The report's rows: each record, its label and its whole stored baseline entry (all
-    baselines' samples rounded in one batch)."""
-    stored = iter(entries_to_json([r.baseline for r in results if r.baseline is not None]))
+def result_dicts(results: Sequence[StageResult], all_samples: bool = True) -> list[dict[str, Any]]:
+    """The report's rows: each record, its label and its stored baseline entry (all baselines'
+    samples rounded in one batch). ``all_samples=False``: the lean rows of the module docstring
+    (no baseline samples the baseline file holds, no cold-row copies)."""
+    keep = [all_samples or _baseline_samples_kept(r) for r in results]
+    entries = [r.baseline for r, k in zip(results, keep) if r.baseline is not None and k]
+    stored = iter(entries_to_json(entries))  # type: ignore[arg-type]
     out = []
-    for r in results:
-        d = r.to_dict()
+    for r, k in zip(results, keep):
+        d = r.to_dict(samples=all_samples or r.kind != COLD)
         d["label"] = r.label
-        d["baseline"] = next(stored) if r.baseline is not None else None
+        if r.baseline is None:
+            d["baseline"] = None
+        elif k:
+            d["baseline"] = next(stored)
+        else:
+            d["baseline"] = b = r.baseline.to_json(_rounded_samples=[])
+            del b["samples_ms"]  # in the baseline file, where this entry still is
         d["verdict"] = _verdict_scales(d["verdict"])
         out.append(d)
     return out
+
+
+def _baseline_samples_kept(r: StageResult) -> bool:
+    """Whether a lean report writes ``r``'s baseline samples: only where the baseline file does
+    not hold them (the run re-recorded the stage, or the row is a cycle total no file stores)."""
+    return r.updated or r.kind == CYCLE
 
 
 def _verdict_scales(v: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +101,14 @@ def _verdict_scales(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-def render(results: Sequence[StageResult], meta: Mapping[str, Any]) -> str:
+def render(results: Sequence[StageResult], meta: Mapping[str, Any], all_samples: bool = False) -> str:
+    """The report's text; ``all_samples``: every copy of every sample (``--llmcycle-report-samples``)."""
     doc = {
         "format": FORMAT,
         "schema": SCHEMA,
+        "samples": ALL if all_samples else LEAN,
         "meta": dict(meta),
-        "results": result_dicts(results),
+        "results": result_dicts(results, all_samples),
     }
     # One line per result (not indent=): json's C encoder only runs without indent, 5x faster
     # at 2,000 stages, and `python -m json.tool` pretty-prints it for a person.

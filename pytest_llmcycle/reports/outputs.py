@@ -177,7 +177,10 @@ def run_meta(run: Any, rootdir: Path, own_files: Iterable[Any] = ()) -> dict[str
     return meta
 
 
-def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict | None = None) -> str:
+def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict | None = None,
+           all_samples: bool = False) -> str:
+    """One report's text; ``all_samples``: the JSON report writes every copy of every sample
+    (see ``jsondoc``: by default not the baseline samples the baseline file holds)."""
     if fmt == "markdown":
         from . import markdown as report_markdown
 
@@ -185,7 +188,7 @@ def render(fmt: str, results: Sequence["StageResult"], meta: dict, trends: dict 
     if fmt == "json":
         from . import jsondoc as report_json
 
-        return report_json.render(results, meta)
+        return report_json.render(results, meta, all_samples)
     from . import htmlpage as report_html
 
     return report_html.render(results, meta, trends)
@@ -208,11 +211,13 @@ def write_outputs(
     tensorboard: Path | None = None,
     step_summary: bool = True,
     wandb: str | None = None,
+    report_samples: bool = False,
 ) -> list[tuple[str, bool]]:
     """Write every requested output; returns (message, is_error) lines for the terminal.
 
     One output failing (a read-only folder, a locked database) never stops the others, and
     never changes the run's outcome: the tests have been judged already.
+    ``report_samples`` (``--llmcycle-report-samples``): the JSON report writes every sample.
     """
     from ..storage.baseline import atomic_write_text
 
@@ -233,7 +238,7 @@ def write_outputs(
 
     def text(fmt: str) -> str:
         if fmt not in rendered:
-            rendered[fmt] = render(fmt, results, meta, trends)
+            rendered[fmt] = render(fmt, results, meta, trends, report_samples)
         return rendered[fmt]
 
     for path in reports:

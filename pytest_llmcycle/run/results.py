@@ -66,7 +66,9 @@ class StageResult:
             return f"cycle {self.stage}"
         return self.stage
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, samples: bool = True) -> dict[str, Any]:
+        """The record as plain data; ``samples=False`` writes ``samples_ms`` empty (a lean JSON
+        report's cold rows, whose samples are their stage row's)."""
         d = {
             "nodeid": self.nodeid,
             "stage": self.stage,
@@ -82,7 +84,7 @@ class StageResult:
             "cold_ms": self.cold_ms,
             "remeasure_median_ms": self.remeasure_median_ms,
             "spent_s": self.spent_s,
-            "samples_ms": list(self.samples_ms),
+            "samples_ms": list(self.samples_ms) if samples else [],
             "timeline_ms": list(self.timeline_ms),
             "env": dict(self.env),
             "counters": dict(self.counters),
