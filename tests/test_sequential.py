@@ -14,6 +14,12 @@ from pytest_llmcycle.engine import sequential as seq
 from pytest_llmcycle.engine import verdict as vd
 from pytest_llmcycle.measure.timing import TimingPolicy, call_round, run_rounds
 
+# Inline pytester runs drop the modules first imported inside them: torch cannot be loaded twice.
+import pytest_llmcycle.run.fixture  # noqa: F401,E402
+import pytest_llmcycle.measure.machine  # noqa: F401,E402
+import pytest_llmcycle.reports.terminal  # noqa: F401,E402
+import torch  # noqa: F401,E402
+
 MS = 1_000_000
 
 
@@ -185,3 +191,70 @@ def test_unchanged_code_never_stops_outside_and_a_regression_never_inside():
     assert outside == 0 and inside == 1.0
     inside, outside = simulate(1.15, 200)
     assert inside == 0 and outside > 0.9
+
+
+# ------------------------------------------------------------------ through the plugin
+
+CONFTEST = '''
+import os
+import pytest
+
+
+class FakeClock:
+    """Nanoseconds that pass only while measured code runs: ``ms`` (times SLOW) a call, +-2 %."""
+
+    def __init__(self):
+        self.t = 0
+
+    def __call__(self):
+        return self.t
+
+    def work(self, ms):
+        factor = float(os.environ.get("SLOW", "1"))
+        calls = [0]
+
+        def fn():
+            i = calls[0]
+            calls[0] += 1
+            self.t += int(ms * 1_000_000 * factor * (1 + 0.02 * ((i * 7) % 11 - 5) / 5))
+
+        return fn
+
+
+@pytest.fixture
+def clock(llmcycle):
+    c = FakeClock()
+    llmcycle.clock = c
+    return c
+'''
+
+TEST = '''
+def test_forward(llmcycle, clock):
+    llmcycle.measure("forward", clock.work(2.0))
+'''
+
+
+def rows(pytester, *args):
+    import json
+
+    result = pytester.runpytest("--llmcycle-report", "r.json", *args)
+    doc = json.loads((pytester.path / "r.json").read_text())
+    return result, next(r for r in doc["results"] if r["stage"] == "forward" and r["kind"] == "stage")
+
+
+def test_the_plugin_stops_an_unchanged_stage_early_and_a_regression_still_fails(pytester, monkeypatch):
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini("[pytest]\nllmcycle_budget = 0.1\nllmcycle_device_key = ci\nllmcycle_machine_check = false\n")
+    pytester.makepyfile(test_model=TEST)
+    assert pytester.runpytest("--llmcycle-update").ret == 0
+    result, row = rows(pytester)
+    result.assert_outcomes(passed=1)
+    assert row["verdict"]["outcome"] == "ok"
+    assert row["n"] == 10  # settled at the first look (min_rounds); the 0.1 s budget holds 50 rounds
+    result, row = rows(pytester, "-o", "llmcycle_early_stop=false")
+    assert row["n"] >= 45  # off: rounds run to the budget
+    monkeypatch.setenv("SLOW", "1.3")
+    result, row = rows(pytester)
+    result.assert_outcomes(failed=1)
+    assert row["verdict"]["outcome"] == "regressed"
+    assert 0.05 / 0.0026 <= row["n"] < 45  # settled outside once half the budget (0.05 s at 2.6 ms) was spent
