@@ -758,9 +758,9 @@ class LLMStages:
     ) -> ABResult:
         """Time ``a`` and ``b`` interleaved in this process; returns an :class:`~pytest_llmcycle.llm.ab.ABResult`.
 
-        ``result.speedup`` is median(A) / median(B) with a bootstrap 95 % interval
-        (``result.ci``); ``result.assert_faster(1.3)`` fails when B is surely less than
-        1.3x faster. Nothing is stored: no baseline is needed. ``budget`` (seconds, default
+        ``result.speedup`` is the median over blocks of paired rounds of T(A) / T(B) with its
+        sign-test 95 % interval (``result.ci``; see :mod:`pytest_llmcycle.llm.ab`);
+        ``result.assert_faster(1.3)`` passes only when the interval's lower end is at least 1.3. Nothing is stored: no baseline is needed. ``budget`` (seconds, default
         twice the stage budget) is shared by both.
         """
         __tracebackhide__ = True
