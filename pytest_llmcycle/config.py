@@ -249,6 +249,22 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmcycle-stage-timeout", ini="llmcycle_stage_timeout", metavar="SECONDS"),
     Option("xdist_gpus", "with pytest-xdist: worker k times on GPU k mod the GPU count when the device is cuda or "
            "auto", default=False, flag="--llmcycle-xdist-gpus", ini="llmcycle_xdist_gpus", ini_type="bool", **_BOOL),
+    # ---- base against head (run.against): the base runs beside this checkout, taking turns
+    Option("against", "judge against a base instead of the baseline file: a git revision (e.g. origin/main) or a "
+           "checkout of the base; its timed tests run beside these in other pytest processes, round by round",
+           _str, lambda x: bool(x.strip()), "a git revision or a folder, e.g. origin/main", None,
+           flag="--llmcycle-against", metavar="REV_OR_PATH"),
+    Option("against_python", "with --llmcycle-against: the Python that runs the base (e.g. a virtual environment "
+           "with the previous torch), which needs pytest-llmcycle installed; default: this one", _str,
+           lambda x: bool(x.strip()), "a Python executable, e.g. ../old-venv/bin/python", None,
+           flag="--llmcycle-against-python", metavar="PYTHON", path=True),
+    Option("against_pairs", "with --llmcycle-against: base/head process pairs that time each stage (default: 2)",
+           _int, lambda x: 1 <= x <= 8, "an integer from 1 to 8", 2,
+           flag="--llmcycle-against-pairs", ini="llmcycle_against_pairs", metavar="N"),
+    Option("against_paths", "with --llmcycle-against: more folders (relative to the repository root) whose code "
+           "the base imports from its own checkout, besides the root and src/", _str, lambda x: bool(x.strip()),
+           "folders relative to the repository root, e.g. lib", (), ini="llmcycle_against_paths", ini_type="args",
+           many=True),
 )
 
 OPTION: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -326,6 +342,11 @@ class RunOptions:
     #: None: max(300 s, 60x the budget) per stage; 0: no limit
     stage_timeout_s: float | None = _default("stage_timeout_s")
     xdist_gpus: bool = _default("xdist_gpus")
+    #: --llmcycle-against: the base (a git revision or a folder), its Python, process pairs, import roots
+    against: str | None = _default("against")
+    against_python: Path | None = _default("against_python")
+    against_pairs: int = _default("against_pairs")
+    against_paths: tuple[str, ...] = _default("against_paths")
 
 
 # ----------------------------------------------------------------------------- resolving

@@ -13,7 +13,7 @@ import pytest
 from .config import (
     MARKER_ARGS, OPTIONS, RunOptions, SettingError, Settings, check_output_paths, for_marker, resolve, resolve_run,
 )
-from .run.keys import FIXTURE_KEY, OUTPUTS_KEY, PARALLEL_KEY, RUN_KEY, SETTINGS_KEY, get_run
+from .run.keys import AGAINST_KEY, FIXTURE_KEY, OUTPUTS_KEY, PARALLEL_KEY, RUN_KEY, SETTINGS_KEY, get_run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.flag, dest=opt.dest, action="store_true", default=None, help=opt.help)
         if opt.ini:  # None: not given, so the command line or the default decides
             parser.addini(opt.ini, opt.ini_help, type=opt.ini_type, default=None)
+    # internal: a worker process of --llmcycle-against (run.peers), started by head 0
+    import argparse
+
+    group.addoption("--llmcycle-peer", dest="llmcycle_peer", default=None, help=argparse.SUPPRESS)
 
 
 def _configure_parallel(config: pytest.Config, options: RunOptions) -> None:
@@ -94,7 +98,23 @@ def pytest_configure(config: pytest.Config) -> None:
         check_output_paths(settings, options, config.rootpath)  # a report over the baselines: refused
     except SettingError as e:
         raise pytest.UsageError(str(e)) from None
+    peer = config.getoption("llmcycle_peer", None)
+    if peer:  # a worker of --llmcycle-against: head 0's settings; it reports and records nothing
+        from .run.against import peer_settings
+
+        settings, options = peer_settings(settings, options)
+    elif options.against:
+        if settings.update:
+            raise pytest.UsageError(
+                "--llmcycle-against and --llmcycle-update exclude each other: against a base nothing is recorded; drop one"
+            )
+        if config.getoption("numprocesses", None) or getattr(config, "workerinput", None) is not None:
+            raise pytest.UsageError(
+                "--llmcycle-against cannot run under pytest-xdist (-n): the base and head processes take turns on one "
+                "machine, so parallel workers would time each other; run the latency tests without -n (e.g. -n 0)"
+            )
     config.stash[SETTINGS_KEY] = settings
+    config.stash[AGAINST_KEY] = options
     _configure_outputs(config, options)
     _configure_parallel(config, options)
 
@@ -138,12 +158,27 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
+    spec = config.getoption("llmcycle_peer", None)
+    if spec:  # a worker of --llmcycle-against: run the tests head 0 names, in step with it
+        from .run.peers import worker_loop
+
+        run = get_run(config)
+        if not session.testsfailed:
+            prepare_run(config)  # the device (torch) now, beside head 0's start, not in the first test
+        worker_loop(session, spec, run, _COLLECT_ERRORS)
+        return True
     if session.testsfailed and not config.option.continue_on_collection_errors:
         return  # pytest stops on the collection errors; they are what the user must see
     if config.stash[SETTINGS_KEY].disable:
         return  # smoke mode (--llmcycle-disable): nothing is judged, so no baseline is read
     if any(is_timing_test(i) for i in session.items):
-        _write_header(config, prepare_run(config))
+        run = prepare_run(config)
+        options = config.stash[AGAINST_KEY]
+        if options.against:
+            from .run.against import start
+
+            start(session, run, options, [i for i in session.items if is_timing_test(i)])
+        _write_header(config, run)
 
 
 def _write_header(config: pytest.Config, run: Any) -> None:
@@ -154,6 +189,11 @@ def _write_header(config: pytest.Config, run: Any) -> None:
         return
     from .reports.terminal import run_header, run_mode
 
+    if run.peers is not None:
+        from .run.against import header
+
+        tr.write_line(header(run))
+        return
     exists = None if run.baselines.per_module else run.baseline_path.exists()
     tr.write_line(run_header(run.shown_path(), exists, run.device_key, run.threads, run.settings.threshold, run_mode(run.settings)))
 
@@ -250,6 +290,12 @@ def llmcycle(request: pytest.FixtureRequest) -> Any:
     # fallback for a test that asks for this fixture by request.getfixturevalue("llmcycle").
     # A smoke run (--llmcycle-disable) reads no baseline and resolves no device it does not use.
     run = get_run(request.config) if settings.disable else prepare_run(request.config)
+    if run.peers is not None or run.peer is not None:  # --llmcycle-against: timed beside the base
+        from .run.against import begin_test, end_test, paired_settings
+
+        settings = paired_settings(settings, request.config.stash[AGAINST_KEY].against_pairs)
+        begin_test(run, request.node)
+        request.addfinalizer(lambda: end_test(run, request.node.nodeid))
     obj = LLMCycle(run, request.node.nodeid, settings, progress=_progress(request.config))
     request.node.stash[FIXTURE_KEY] = obj
     return obj
@@ -271,7 +317,9 @@ def pytest_runtest_call(item: pytest.Item):
     if failing:
         from .reports.terminal import failure_message
 
-        pytest.fail(failure_message(failing), pytrace=False)
+        run = item.config.stash.get(RUN_KEY, None)
+        against = run.peers.base_label if run is not None and run.peers is not None else None
+        pytest.fail(failure_message(failing, against=against), pytrace=False)
     return result
 
 
@@ -292,6 +340,8 @@ def _finish(item: pytest.Item, test_failed: bool = False) -> list:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN_KEY, None)
+    if run is not None and run.peers is not None:  # --llmcycle-against: stop the base's processes
+        run.peers.close(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
     step = "baselines"
     try:
         if run is not None and run.pending:
@@ -353,9 +403,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from .reports.terminal import not_judged_line, refusal_lines, terminal_table, warning_lines
 
     tr = terminalreporter
-    tr.write_sep(
-        "-", f"llmcycle: {visible(run.device_key)}, {run.threads} thread(s), baseline {visible(run.shown_path())}"
-    )
+    if run.peers is not None:  # --llmcycle-against
+        tr.write_sep("-", f"llmcycle: this checkout against {visible(run.peers.base_label)}, {run.threads} thread(s)")
+        for nodeid, sections in sorted(run.peers.removed.items()):
+            tr.write_line(f"llmcycle: only in the base (removed): {visible(nodeid)} {', '.join(visible(x) for x in sections)}")
+        for nodeid, why in sorted(run.peers.base_failures.items()):
+            tr.write_line(f"llmcycle: the base's {visible(nodeid)} failed ({visible(why)}); its stages are judged as far as it ran", yellow=True)
+    else:
+        tr.write_sep(
+            "-", f"llmcycle: {visible(run.device_key)}, {run.threads} thread(s), baseline {visible(run.shown_path())}"
+        )
     if run.results:
         tr.write_line(terminal_table(run.results))
     if any(r.verdict.normalised for r in run.results):
@@ -393,3 +450,26 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"llmcycle: {visible(note)}", yellow=True)
     for message, is_error in config.stash.get(OUTPUTS_KEY, {}).get("messages", []):
         tr.write_line(f"llmcycle: {message}", red=is_error)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # a worker of --llmcycle-against tells head 0 which of its test files failed to collect
+    if report.failed:
+        _COLLECT_ERRORS.append(report)
+
+
+#: collection errors of this process (read by a --llmcycle-against worker when it says hello)
+_COLLECT_ERRORS: list = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any):
+    report = yield
+    if report.failed and item.config.getoption("llmcycle_peer", None):
+        # a --llmcycle-against worker: the first line of why the base's test failed, for head 0's report
+        from .run.peers import SectionSkipped
+
+        if not (call.excinfo is not None and call.excinfo.errisinstance(SectionSkipped)):
+            text = str(report.longrepr).strip().splitlines()
+            item.config._llmcycle_failure = f"{report.when}: {text[-1] if text else 'failed'}"  # type: ignore[attr-defined]
+    return report

@@ -442,6 +442,8 @@ class Case:
     remeasured_machine_factor: float | None = None
     #: why there is no baseline, when ``baseline`` is None and the default reason does not fit
     no_baseline_reason: str = ""
+    #: base against head (``--llmcycle-against``): the stage's matched rounds, see :class:`Paired`
+    paired: "Paired | None" = None
     #: with no ``baseline``: another device key's entry of this stage whose counters still judge
     #: this run (same device kind, library versions and dtype; counters need not the same CPU),
     #: and that key (:func:`_counters_elsewhere`)
@@ -460,6 +462,8 @@ def decide(case: Case) -> Verdict:
     :data:`NEEDS_REMEASURE`); the caller measures, adds it to the case and asks again.
     """
     r, base, cur = case.rules, case.baseline, case.current
+    if case.paired is not None:  # --llmcycle-against: the base ran beside the head, round by round
+        return _decide_paired(case)
     if base is None:
         v = judge(None, cur.samples_ms, r.threshold, r.alpha)
         v = replace(v, reason=case.no_baseline_reason) if case.no_baseline_reason else v
@@ -570,3 +574,122 @@ def _decide_cycle(case: Case) -> Verdict:
         base.process_range,
     )
     return replace(v, decided_by=BY_TIME)
+
+
+# --------------------------------------------------------------------------- base against head
+
+#: in --llmcycle-against mode the process pairs play measurement and re-measure: every pair must
+#: point the same way for a stage to regress (with one pair: its early and late rounds)
+CONFIRM_PAIRS = "pairs"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A stage timed beside its base (``--llmcycle-against``).
+
+    ``log_ratios``: per process pair, ``log(head/base)`` of its matched rounds in turn order
+    (:func:`pytest_llmcycle.engine.paired.match_rounds`). ``base_label`` names the base in
+    reasons ("origin/main @ 1a2b3c4"). ``unpaired``: the base timed this stage apart from the
+    head (stages reordered): judged from the two sides' samples as a committed baseline is.
+    A cycle total gives ``parts``: ``(weight, base median, PairedEstimate)`` of each stage.
+    """
+
+    log_ratios: tuple = ()
+    base_label: str = "the base"
+    unpaired: bool = False
+    parts: tuple = ()
+
+
+def _paired_pct(ratios: Sequence[float]) -> str:
+    return ", ".join(_pct(x - 1) for x in ratios)
+
+
+def judge_paired(est: Any, threshold: float, alpha: float, base_label: str, what: str = "") -> Verdict:
+    """The time verdict of a stage (or, with ``what="cycle "``, the cycle) from paired rounds.
+
+    Same rule as :func:`judge`: slower than the threshold (or the interval's own half-width when
+    that is wider), significant (one-sided p < alpha and the 95 % interval above 1), and every
+    process pair pointing the same way; otherwise inconclusive or ok.
+    """
+    if est is None:
+        return Verdict(
+            INCONCLUSIVE, threshold, threshold, decided_by=BY_TIME,
+            reason=f"too few rounds matched against {base_label} to judge: raise --llmcycle-budget",
+        )
+    noise = est.rel_halfwidth
+    eff = max(threshold, noise)
+    base = Verdict(OK, threshold, eff, ratio=est.ratio, ci=(est.lo, est.hi), decided_by=BY_TIME, gate="noise" if eff > threshold else "")
+    note = (
+        f"; the interval (+-{noise * 100:.1f}%) is wider than the {threshold * 100:g}% threshold, so it is gated at {eff * 100:.1f}%"
+        if eff > threshold else ""
+    )
+    pairs = f" ({len(est.per_pair)} process pair{'s' if len(est.per_pair) != 1 else ''}: {_paired_pct(est.per_pair)})"
+    slower, faster = est.ratio > 1 + eff, est.ratio < 1 / (1 + eff)
+    p = est.p_slower if est.ratio >= 1 else est.p_faster
+    base = replace(base, p_value=p)
+    if slower and est.p_slower < alpha and est.lo > 1.0:
+        return replace(base, outcome=REGRESSED, reason=f"{what}{_pct(est.ratio - 1)} slower than {base_label}{pairs}{note}")
+    if faster and est.p_faster < alpha and est.hi < 1.0:
+        return replace(base, outcome=IMPROVED, reason=f"{what}{_pct(est.ratio - 1)} faster than {base_label}{pairs}{note}")
+    if slower or faster:
+        return replace(base, outcome=INCONCLUSIVE, reason=f"{what}{_pct(est.ratio - 1)} against {base_label} but not significant (p={p:.2g}){pairs}{note}")
+    return replace(base, reason=f"{what}within {eff * 100:.1f}% of {base_label}{pairs}{note}")
+
+
+def _confirm_pairs(v: Verdict, per_pair: Sequence[float], halves: tuple[Verdict, Verdict] | None) -> Verdict:
+    """A regression (or improvement) stands only when every process pair points the same way."""
+    if v.outcome not in (REGRESSED, IMPROVED):
+        return v
+    if len(per_pair) >= 2:
+        agree = all(x > 1 for x in per_pair) if v.outcome == REGRESSED else all(x < 1 for x in per_pair)
+        if agree:
+            return v
+        return replace(v, outcome=INCONCLUSIVE, reason=f"{v.reason}; the process pairs disagree: not gated")
+    if halves is None:
+        return v
+    first, second = halves
+    if first.outcome == v.outcome and second.outcome == v.outcome:
+        return replace(v, reason=f"{v.reason}; early and late rounds agree ({_pct((first.ratio or 1) - 1)}, {_pct((second.ratio or 1) - 1)})")
+    return replace(
+        v, outcome=INCONCLUSIVE, first_ratio=first.ratio,
+        reason=f"{v.reason}; early rounds {_pct((first.ratio or 1) - 1)}, late rounds {_pct((second.ratio or 1) - 1)}: not confirmed, not gated",
+    )
+
+
+def _decide_paired(case: Case) -> Verdict:
+    """:func:`decide` for a stage timed beside its base: unit, counters (exact: same machine, same
+    job, so never "not comparable"), then time from the paired rounds."""
+    from . import paired as pm
+    from .counts import compare as compare_counters, describe
+
+    r, base, cur, pr = case.rules, case.baseline, case.current, case.paired
+    assert pr is not None
+    if base is None:
+        return Verdict(NEW, r.threshold, r.threshold, reason=case.no_baseline_reason or f"not in {pr.base_label}: a new stage")
+    if base.unit != cur.unit:
+        return Verdict(
+            NOT_COMPARABLE, r.threshold, r.threshold, decided_by=BY_UNIT,
+            reason=f"unit changed: per {base.unit} in {pr.base_label}, now per {cur.unit}",
+        )
+    if pr.parts:
+        est = pm.cycle_estimate(pr.parts)
+        return _confirm_pairs(judge_paired(est, r.threshold, r.alpha, pr.base_label, "cycle "), est.per_pair if est else (), None)
+    if pr.unpaired:
+        v = replace(judge(base.samples_ms, cur.samples_ms, r.threshold, r.alpha), decided_by=BY_TIME)
+        v = replace(v, reason=f"{v.reason} (against {pr.base_label}, timed apart: the stages ran in another order)")
+    else:
+        est = pm.estimate(pr.log_ratios)
+        v = judge_paired(est, r.threshold, r.alpha, pr.base_label)
+        halves = None
+        if est is not None and len(est.per_pair) == 1 and v.outcome in (REGRESSED, IMPROVED):
+            xs = list(pr.log_ratios[0])
+            h = len(xs) // 2
+            halves = tuple(judge_paired(pm.estimate([part]), r.threshold, r.alpha, pr.base_label) for part in (xs[:h], xs[h:]))
+        v = _confirm_pairs(v, est.per_pair if est else (), halves)  # type: ignore[arg-type]
+    changed = compare_counters(base.counters, cur.counters)
+    grew = [c for c in changed if c.increased]
+    if grew:  # deterministic, and both sides ran here: a counter that grew regresses
+        return replace(v, outcome=REGRESSED, reason=f"{describe(grew, cur.unit)} against {pr.base_label}", decided_by=BY_COUNTERS)
+    if changed and v.outcome in (OK, INCONCLUSIVE):
+        return replace(v, outcome=IMPROVED, reason=f"{describe(changed, cur.unit)} against {pr.base_label}", decided_by=BY_COUNTERS)
+    return v

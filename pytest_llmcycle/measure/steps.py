@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .device import device_kind, synchronizer
 from .timing import Clock, Measurement, TimingPolicy, run_rounds
+from .turns import CALIBRATE, COLD, gated
 
 #: untimed calls allowed after the cold one while torch.compile keeps compiling
 MAX_COMPILE_CALLS = 8
@@ -161,7 +162,7 @@ def time_marked(
         return m
 
     before = compile_count()
-    cold = once()
+    cold = gated(COLD, once)
     want = expected if expected is not None else cold.n
     _check(cold, want, 1, what)
     if policy.once:  # smoke mode: the one call is all; its marks are checked, its time not judged
@@ -172,7 +173,7 @@ def time_marked(
     # torch.compile recompiles for new shapes on the first calls: those are first-call costs too
     while last != before and compile_calls < MAX_COMPILE_CALLS:
         before = last
-        _check(once(), want, compile_calls + 2, what)
+        _check(gated(CALIBRATE, once), want, compile_calls + 2, what)
         compile_calls += 1
         last = compile_count()
 

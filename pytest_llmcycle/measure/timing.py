@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, List
 
 from ..engine import stats
 from .device import device_kind, synchronizer
+from .turns import CALIBRATE, COLD, ROUND, WARM, StopRounds, gated
 
 Clock = Callable[[], int]
 #: One round: runs the workload and returns one or more samples in nanoseconds
@@ -209,7 +210,7 @@ def run_rounds(
     warm_deadline = start + policy.warmup_fraction * policy.budget_s * 1e9
     warm = 0
     while warm < policy.warmup_rounds or clock() < warm_deadline:
-        round_fn()
+        gated(WARM, round_fn)
         warm += 1
         if warm >= 1000:
             break
@@ -221,7 +222,11 @@ def run_rounds(
     next_check = policy.min_rounds
     stopped_by = "max_rounds"
     while rounds < policy.max_rounds:
-        samples.extend(round_fn())
+        try:
+            samples.extend(gated(ROUND, round_fn))
+        except StopRounds:  # taking turns with a paired process that has finished (measure.turns)
+            stopped_by = "pair"
+            break
         rounds += 1
         if rounds < policy.min_rounds:
             continue
@@ -331,15 +336,15 @@ def time_callable(
         return float(clock() - t0)
 
     # The cold call includes compilation, lazy init and allocator first-touch: reported, never gated.
-    cold = one_call()
+    cold = gated(COLD, one_call)
     if policy.once:
         return Measurement(samples_ns=(max(cold, 1.0),), unit="call", rounds=1, spent_s=cold / 1e9, stopped_by="once")
     if check is not None:
         check()
     if setup is None:
-        number = calibrate(fn, sync, clock, policy.min_sample_s, check)
+        number = gated(CALIBRATE, lambda: calibrate(fn, sync, clock, policy.min_sample_s, check))
     else:
-        one_call()  # one more first-call cost out of the rounds (not batched: nothing to size)
+        gated(CALIBRATE, one_call)  # one more first-call cost out of the rounds (not batched: nothing to size)
         number = 1
     round_fn = make_round(fn, device, clock, number, setup, check)
     return run_rounds(round_fn, policy, clock, unit="call", number=number, cold_ns=cold, warmup_rounds=2)

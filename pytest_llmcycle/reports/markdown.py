@@ -115,7 +115,21 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str =
     failing = [r for r in results if r.outcome == vd.REGRESSED]
     head = ICONS[vd.REGRESSED] if failing else ICONS[vd.OK]
     where = meta.get("device_key")
-    out = [f"### {head} {cell(title)}: {cell(summary_line(results))}" + (f" on {md_code(where, table=False)}" if where else ""), ""]
+    against = meta.get("against") or {}
+    if against:  # --llmcycle-against: the base ran beside this checkout on the same machine
+        out = [f"### {head} {cell(title)}: this pull request against its base {md_code(against['base'], table=False)}: "
+               f"{cell(summary_line(results))}", "",
+               f"The base and this checkout ran on the same machine in the same job, {against.get('pairs', 1)} process "
+               "pair(s) taking turns round by round; a stage fails when it is slower than in the base by more than the "
+               "threshold, significantly, in every process pair.", ""]
+        removed = against.get("removed") or {}
+        if removed:
+            out += ["**Only in the base (removed or renamed):**", ""]
+            out += [f"- {code(n)}: {cell(', '.join(secs))}" for n, secs in sorted(removed.items())] + [""]
+        for n, why in sorted((against.get("base_failures") or {}).items()):
+            out += [f"- the base's {code(n)} failed ({cell(why)}): its stages are judged as far as it ran", ""]
+    else:
+        out = [f"### {head} {cell(title)}: {cell(summary_line(results))}" + (f" on {md_code(where, table=False)}" if where else ""), ""]
     unjudged = not_judged(results)
     if unjudged:
         _, reasons = row_notes(unjudged)
@@ -127,7 +141,7 @@ def render(results: Sequence[StageResult], meta: Mapping[str, Any], title: str =
         out += [f"- {code(r.nodeid)} {cell(r.label)}: {cell(r.warning)}" for r in warned] + [""]
     if results:
         out += [table(results), ""]
-    if failing:
+    if failing and not against:
         out += [
             "A stage fails only when it is slower than its baseline by more than the threshold, "
             "significantly, and a re-measure confirms it. To accept the new numbers, record them "

@@ -162,6 +162,12 @@ def run_meta(run: Any, rootdir: Path, own_files: Iterable[Any] = ()) -> dict[str
         return meta
     s = run.settings
     meta["settings"] = {"threshold": s.threshold, "alpha": s.alpha, "budget_s": s.budget_s, "update": s.update}
+    peers = getattr(run, "peers", None)
+    if peers is not None:  # --llmcycle-against: what the run was judged against
+        meta["against"] = {
+            "base": peers.base_label, "pairs": peers.pairs, "removed": dict(peers.removed),
+            "base_failures": dict(peers.base_failures),
+        }
     try:
         meta["baseline_file"] = str(Path(run.baseline_path).relative_to(rootdir))
     except ValueError:

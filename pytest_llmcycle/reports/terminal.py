@@ -220,8 +220,12 @@ def accept_command(nodeids: Iterable[str]) -> str:
     return visible(f"pytest {ids} --llmcycle-update")
 
 
-def failure_message(rows: Sequence[StageResult]) -> str:
-    """The failing test's message: one block per failing row, then the command to accept."""
+def failure_message(rows: Sequence[StageResult], against: str | None = None) -> str:
+    """The failing test's message: one block per failing row, then the command to accept.
+
+    ``against``: the base a ``--llmcycle-against`` run judged against ("origin/main @ 1a2b3c4"):
+    the rows then say "against" it, its numbers are the base's, and there is nothing to accept.
+    """
     out = []
     for r in rows:
         v = r.verdict
@@ -240,7 +244,7 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             )
             continue
         what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
-        out.append(f"llmcycle: {what} regressed on {r.device_key}")
+        out.append(f"llmcycle: {what} regressed against {against}" if against else f"llmcycle: {what} regressed on {r.device_key}")
         b = r.baseline
         if b is None and v.reason:  # no baseline here: another device key's counters decided it
             out.append(f"  counters  {v.reason}")
@@ -253,12 +257,12 @@ def failure_message(rows: Sequence[StageResult]) -> str:
             medians = process_medians(b)
             if len(medians) > 1 and v.gate == "processes":
                 spread += f"; recorded in {len(medians)} processes, medians {fmt_ms(min(medians))} .. {fmt_ms(max(medians))}"
-            out.append(f"  baseline  {fmt_ms(b.median_ms)}{unit}{spread}")
+            out.append(f"  {'base    ' if against else 'baseline'}  {fmt_ms(b.median_ms)}{unit}{spread}")
         spread = f" (IQR {fmt_ms(r.q1_ms)} .. {fmt_ms(r.q3_ms)}, n={r.n})" if r.kind != CYCLE else ""
         remeasure = f"; first measurement {v.first_ratio - 1:+.1%}, confirmed by a re-measure" if v.first_ratio else ""
         out.append(f"  current   {fmt_ms(r.median_ms)}{unit}{spread}{remeasure}")
         ci = f" (95% CI {v.ci[0] - 1:+.1%} .. {v.ci[1] - 1:+.1%})" if v.ci else ""
-        test = "Mann-Whitney U" if r.kind != CYCLE else "bootstrap"
+        test = "paired rounds" if against else "Mann-Whitney U" if r.kind != CYCLE else "bootstrap"
         conf = f", {test} p={fmt_p(v.p_value)} (confidence {v.confidence:.2%})" if v.p_value is not None else ""
         thr = f"threshold {v.threshold * 100:g}%"  # not :.0%, which shows 2.5 % as 2 %
         if v.effective_threshold > v.threshold:
@@ -271,7 +275,10 @@ def failure_message(rows: Sequence[StageResult]) -> str:
         out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}")
         if v.machine_factor is not None:
             out.append(f"  machine   {vd.machine_note(v.machine_factor)}")
-    out.append(f"  to accept the new numbers: {accept_command(r.nodeid for r in rows)}")
+    if against:
+        out.append(f"  this change against its base ({against}); the base and this checkout took turns on this machine")
+    else:
+        out.append(f"  to accept the new numbers: {accept_command(r.nodeid for r in rows)}")
     # device keys, reasons and counter names can come from a baseline file: one line each, shown
     return "\n".join(visible(line) for line in out)
 

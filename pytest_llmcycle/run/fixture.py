@@ -25,6 +25,7 @@ from ..llm.ab import ABResult
 from ..llm.scaling import ScalingResult
 from ..llm.stages import GenerationResult, LLMStages, TrainStepResult
 from ..measure.timing import Clock, Measurement, SetupFn, pinned_threads, time_callable
+from . import against
 
 #: Unicode categories refused in stage names: control (newline, tab, escape), format (zero-width,
 #: bidi overrides), line and paragraph separators
@@ -179,6 +180,11 @@ class LLMCycle:
         self._entries: list[tuple[str, Entry]] = []
         #: the clock stages are timed with; tests replace it with a fake to test verdicts
         self.clock: Clock = time.perf_counter_ns
+        #: --llmcycle-against: turn numbers of each timed section's rounds, and the last section
+        self._rounds: dict[str, list[int]] = {}
+        self._last_section = ""
+        #: --llmcycle-against: (base median ms, paired estimate) of each judged stage, for the cycle
+        self._paired: dict[str, tuple] = {}
         #: the LLM helpers, recording through this object (see the section at the end)
         self._llm = LLMStages(self)
 
@@ -272,7 +278,8 @@ class LLMCycle:
             return
         sync = devmod.synchronizer(self._run.device)
         started = self._block_started.setdefault(name, time.monotonic())
-        with self._run.timing_lock(), pinned_threads(self.threads):
+        with self._lock(), pinned_threads(self.threads):
+            against.block_turn(self._run, self.nodeid, name, self._rounds)
             sync()
             t0 = self.clock()
             yield
@@ -302,8 +309,10 @@ class LLMCycle:
         if self._progress is not None:
             self._progress.starting(self.nodeid, stage, self.settings.budget_s)
         t0 = self.clock()
-        with self._run.timing_lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
-            yield deadline
+        with self._lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
+            with against.turns(self._run, self.nodeid, stage, self._rounds):
+                self._last_section = stage
+                yield deadline
         if self._progress is not None:
             self._progress.finished(self.nodeid, stage, (self.clock() - t0) / 1e9)
 
@@ -328,6 +337,8 @@ class LLMCycle:
         _check_measurement(stage, measurement, "measurement")
         if self.settings.disable:
             return self._not_timed(stage, measurement.unit, cycle_weight)
+        if against.active(self._run):  # --llmcycle-against: judged against the base's processes
+            return self._record_against(stage, measurement, dtype, cycle_weight, counters)
         entry = self._baseline(stage)
         env = self.environment(dtype)
         cur = ns_to_ms(measurement.samples_ns)
@@ -392,7 +403,32 @@ class LLMCycle:
         )
 
     def _baseline(self, stage: str) -> Entry | None:
+        if against.active(self._run):  # the base is the baseline; a committed file is not used for timing
+            return None
         return self._run.load_baselines(self.nodeid).entry(self.device_key, self.nodeid, stage)
+
+    def _lock(self) -> Any:
+        """The device's timing lock; with --llmcycle-against the processes take turns instead."""
+        return against.no_lock() if against.active(self._run) else self._run.timing_lock()
+
+    def _record_against(self, stage: str, m: Measurement, dtype: str | None, weight: float, counters: dict | None) -> StageResult:
+        """A stage timed beside the base: a worker sends its numbers to head 0; head 0 judges them."""
+        env = self.environment(dtype)
+        section = stage if stage in self._rounds else self._last_section
+        mine = against.own_record(m, self._rounds.get(section, ()), env, counters)
+        if self._run.peer is not None:
+            self._run.peer.record(self.nodeid, stage, mine)
+            self._weights[stage] = weight
+            s = self.settings
+            return StageResult(
+                nodeid=self.nodeid, stage=stage, device_key=self.device_key, unit=m.unit,
+                verdict=vd.Verdict("info", s.threshold, s.threshold, reason="timed for head 0 (--llmcycle-against)"),
+            )
+        got = against.judge(self._run.peers, self.nodeid, stage, section, mine, self._rules(vd.CONFIRM_PAIRS))
+        if got.estimate is not None and got.entry is not None:
+            self._paired[stage] = (got.entry.median_ms, got.estimate)
+        cur = ns_to_ms(got.head_samples_ns)
+        return self._store(stage, m, cur, got.entry, env, got.verdict, m, None, weight, counters)
 
     def _counters_baseline(self, stage: str, env: dict) -> tuple[str, Entry] | None:
         """(device key, entry) of this stage under another key whose counters can judge this run,
@@ -462,6 +498,10 @@ class LLMCycle:
         rules = self._rules(vd.CONFIRM_HALVES)
         for name, samples_ns in self._blocks.items():
             m = Measurement(samples_ns=tuple(samples_ns), unit="call", rounds=len(samples_ns), spent_s=sum(samples_ns) / 1e9)
+            if against.active(self._run):
+                self._last_section = name
+                self._record_against(name, m, self._block_dtype.get(name), 1.0, None)
+                continue
             entry = self._baseline(name)
             env = self.environment(self._block_dtype.get(name))
             cur = ns_to_ms(samples_ns)
@@ -482,6 +522,9 @@ class LLMCycle:
         judged = all(r.baseline is not None and r.outcome != vd.NOT_COMPARABLE for r in stages)
         current = vd.Evidence(parts=tuple((w, self._final_samples[r.stage]) for w, r in zip(weights, stages)))
         base_entry = baseline = None
+        paired = None
+        if against.active(self._run):
+            paired, judged = against.cycle_pairs(self._run, stages, weights, self._paired)
         if judged:
             base_total = sum(w * r.baseline.median_ms for w, r in zip(weights, stages))  # type: ignore[union-attr]
             baseline = vd.Evidence(
@@ -492,7 +535,7 @@ class LLMCycle:
         v = vd.decide(
             vd.Case(
                 baseline, current, self._rules(vd.CONFIRM_NOT_NEEDED), machine_factor=self._machine_factor,
-                no_baseline_reason="not every stage has a comparable baseline",
+                no_baseline_reason="not every stage has a comparable baseline", paired=paired,
             )
         )
         terms = " + ".join(r.stage if self._weights[r.stage] == 1 else f"{self._weights[r.stage]:g}*{r.stage}" for r in stages)
@@ -518,8 +561,15 @@ class LLMCycle:
         """
         if self.settings.disable:
             return []
+        if self._run.peer is not None:  # a worker of --llmcycle-against: send the blocks; head 0 reports
+            self._finish_blocks()
+            return []
+        if self._run.peers is not None:
+            self._run.peers.test_done(self.nodeid)  # the workers' last numbers are in
         self._finish_blocks()
         self._finish_cycle()
+        if self._run.peers is not None:
+            self._run.peers.finished(self.nodeid)
         s = self.settings
         rows: list[StageResult] = []
         for r in self.results:

@@ -21,6 +21,7 @@ RUN_KEY = pytest.StashKey["RunState"]()  # created when a timing test is about t
 FIXTURE_KEY = pytest.StashKey["LLMCycle"]()  # the test's LLMCycle object, on its item
 OUTPUTS_KEY = pytest.StashKey[Any]()  # report/history paths, then the messages their writing left
 PARALLEL_KEY = pytest.StashKey[dict]()  # stage limit and xdist worker facts, for RunState
+AGAINST_KEY = pytest.StashKey[Any]()  # the run's RunOptions (--llmcycle-against and friends)
 
 
 def get_run(config: pytest.Config) -> "RunState":

@@ -63,6 +63,10 @@ class RunState:
         #: (nodeid, machine factor) of tests --llmcycle-update did not store: the machine read
         #: too far off its stored reference speed (see LLMCycle.finish)
         self.refused: list[tuple[str, float]] = []
+        #: --llmcycle-against: head 0's coordinator of the processes (run.peers.Coordinator), or in
+        #: one of its workers the connection to head 0 (run.peers.Peer); None otherwise
+        self.peers: Any = None
+        self.peer: Any = None
         self._device: str | None = None
         self._device_key: str | None = None
         self._timing_lock: DeviceTimingLock | None = None
