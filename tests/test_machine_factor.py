@@ -211,3 +211,19 @@ def test_a_refused_recording_exits_non_zero_with_the_command_that_forces_it(flow
                                     "-o", "llmcycle_machine_check=true")
     assert forced.ret == 0
     forced.stdout.fnmatch_lines(["*wrote 3 baseline entries*"])
+
+
+def test_every_xdist_worker_of_a_run_shares_its_run_id(pytester):
+    pytest.importorskip("xdist")
+    pytester.makeini("[pytest]\nllmcycle_device_key = ci\n")
+    pytester.makepyfile(test_ids="""
+import os, pathlib
+
+def test_a(llmcycle):
+    pathlib.Path(os.environ["PYTEST_XDIST_WORKER"] + ".id").write_text(llmcycle._run.run_id)
+""")
+    # --dist each: every worker runs every test, so each surely writes its id
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "each", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    ids = {p.read_text() for p in pytester.path.glob("gw*.id")}
+    assert len(list(pytester.path.glob("gw*.id"))) == 2 and len(ids) == 1 and ids != {""}
