@@ -2,4 +2,4 @@
 
 Kept import-light: ``import pytest_llmcycle`` pulls in neither torch nor numpy.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -425,7 +425,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for i, line in enumerate(refusal_lines(getattr(run, "refused", ()), run.settings.update_all)):
         tr.write_line(line, red=i == 0)
     faster = sorted({r.nodeid for r in run.results if r.outcome == "improved" and not r.updated})
-    if faster:
+    if faster and run.peers is not None:  # --llmcycle-against: faster than the base; nothing to record
+        tr.write_line(f"llmcycle: {len(faster)} test(s) faster than in {visible(run.peers.base_label)}")
+    elif faster:
         from .reports.terminal import accept_command
 
         tr.write_line(f"llmcycle: {len(faster)} test(s) faster than their baseline; to record it: {accept_command(faster)}")

@@ -18,12 +18,14 @@ FLAGS = [
     "--llmcycle-update-append", "--llmcycle-strict", "--llmcycle-skip", "--llmcycle-only", "--llmcycle-report",
     "--llmcycle-history", "--llmcycle-tensorboard", "--llmcycle-wandb", "--llmcycle-stage-timeout", "--llmcycle-xdist-gpus",
     "--llmcycle-strict-all", "--llmcycle-update-force", "--llmcycle-report-samples",
+    "--llmcycle-against", "--llmcycle-against-python", "--llmcycle-against-pairs",
 ]
 INI_NAMES = [
     "llmcycle_disable", "llmcycle_baseline", "llmcycle_threshold", "llmcycle_alpha", "llmcycle_budget", "llmcycle_min_rounds",
     "llmcycle_device", "llmcycle_device_key", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure", "llmcycle_early_stop",
     "llmcycle_machine_check", "llmcycle_report", "llmcycle_history", "llmcycle_tensorboard", "llmcycle_wandb", "llmcycle_step_summary",
     "llmcycle_stage_timeout", "llmcycle_xdist_gpus", "llmcycle_strict_all", "llmcycle_report_samples",
+    "llmcycle_against_pairs", "llmcycle_against_paths",
 ]
 
 
