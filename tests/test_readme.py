@@ -426,7 +426,8 @@ def test_every_option_ini_name_and_command_named_exists(help_text):
     assert {"show", "compare", "prune", "history"} <= named and named <= set(commands), (named, commands)
     # the command's flags named in the docs (others are pip's, pytest's or pytest-timeout's)
     others = {"--index-url", "--timeout", "--timeout-method", "--junitxml", "--collect-only", "--help", "--cpu",
-              "--lf", "--checks", "--runs", "--repeat", "--tolerance", "--overhead", "--benchmark-compare-fail"}
+              "--lf", "--checks", "--runs", "--repeat", "--tolerance", "--overhead", "--benchmark-compare-fail",
+              "--blocks", "--clock"}  # bench/per_token.py's and bench/tiny_calls.py's
     flags = set(re.findall(r"(?<![\w-])--(?!llmcycle-)[a-z][a-z-]*[a-z]", text)) - others
     known = "\n".join(sub.values())
     assert not [f for f in flags if not re.search(re.escape(f) + r"\b(?!-)", known)], flags
