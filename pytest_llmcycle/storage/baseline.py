@@ -589,6 +589,9 @@ def _short(v: Any) -> str:
     return r if len(r) <= 40 else r[:37] + "..."
 
 
+_FLOAT_ONLY = {float}
+
+
 def validate_entry(entry: Any, where: str, bad) -> None:
     """Check one stored entry (a parsed JSON object); ``bad(where, what)`` builds the error to raise.
 
@@ -609,7 +612,7 @@ def validate_entry(entry: Any, where: str, bad) -> None:
     if not isinstance(samples, list) or not samples:
         raise bad(where, "has no 'samples_ms' list")
     # the common case (all floats, in range) is checked in two C-level passes; the loop names a bad one
-    if not (all(type(s) is float for s in samples) and MIN_MS <= min(samples) and max(samples) <= MAX_MS):
+    if not (set(map(type, samples)) == _FLOAT_ONLY and MIN_MS <= min(samples) and max(samples) <= MAX_MS):
         for s in samples:
             if not _positive_time(s):
                 raise bad(where, f"has a sample {_short(s)} in samples_ms, expected positive milliseconds ({MIN_MS:g} to {MAX_MS:g})")
