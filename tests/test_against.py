@@ -156,14 +156,16 @@ def test_base_that_fails_to_import(tmp_path: Path) -> None:
 
 
 def test_a_checkout_folder_as_the_base(tmp_path: Path) -> None:
-    """A path instead of a revision: unchanged code against a copy of itself is not a regression."""
+    """A path instead of a revision, run on a given Python: unchanged code against a copy of itself
+    is not a regression."""
     base = tmp_path / "base"
     head = tmp_path / "head"
     base.mkdir()
     make_repo(base)
     subprocess.run(["git", "clone", "-q", str(base), str(head)], check=True)
+    # the base on a Python given by path (here the same one: a venv with another torch in practice)
     r = run_pytest(head, "--llmcycle-against=../base", "--llmcycle-budget", "0.2", "--llmcycle-threshold", "0.3",
-                   "--llmcycle-against-pairs", "1")
+                   "--llmcycle-against-pairs", "1", f"--llmcycle-against-python={sys.executable}")
     out = r.stdout + r.stderr
     assert "regressed" not in out.split("llmcycle: this checkout against")[-1], out
     assert r.returncode == 0, out
@@ -281,3 +283,14 @@ def test_basetree_errors(tmp_path: Path) -> None:
         basetree.resolve("nope", tmp_path / "r", tmp_path / "r")
     with pytest.raises(basetree.BaseTreeError, match="this run's rootdir"):
         basetree.resolve(".", tmp_path / "r", tmp_path / "r")
+
+
+def test_refused_combinations_and_a_missing_python(tmp_path: Path) -> None:
+    """One line each: -n (xdist), --llmcycle-update, an --llmcycle-against-python that does not exist."""
+    make_repo(tmp_path)
+    r = run_pytest(tmp_path, "--llmcycle-against", "HEAD", "-n", "2")
+    assert r.returncode == 4 and "cannot run under pytest-xdist (-n)" in r.stderr, r.stderr
+    r = run_pytest(tmp_path, "--llmcycle-against", "HEAD", "--llmcycle-update")
+    assert r.returncode == 4 and "--llmcycle-against and --llmcycle-update exclude each other" in r.stderr, r.stderr
+    r = run_pytest(tmp_path, "--llmcycle-against", "HEAD", f"--llmcycle-against-python={tmp_path / 'no' / 'python'}")
+    assert r.returncode == 4 and "no such file; give the Python of the base's environment" in r.stderr, r.stderr
