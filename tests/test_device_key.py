@@ -165,3 +165,29 @@ def test_counters_of_another_device_kind_or_torch_judge_nothing(counted_project,
     path.write_text(json.dumps(data))
     result = counted_project.runpytest()
     assert result.ret == 0 and "counters of device key" not in rows(result)
+
+
+def test_the_example_project_judges_counters_on_a_newcomers_machine(tmp_path):
+    """A newcomer (another CPU: here another key) runs the example against its committed file:
+    time has no baseline for that key, and the counters are judged against cpu-amd-epyc's."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformers")
+    example = Path(__file__).resolve().parent.parent / "example_project"
+    project = tmp_path / "example_project"
+    shutil.copytree(example, project, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.egg-info"))
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST_", "GITHUB_STEP_SUMMARY"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_latency.py",
+         "--llmcycle-device-key", "cpu-newcomer-laptop", "--llmcycle-report", str(tmp_path / "r.json")],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = [r for r in json.loads((tmp_path / "r.json").read_text())["results"] if r["kind"] == "stage" and r.get("counters")]
+    assert rows, "the example's LLM helpers count FLOPs and ops"
+    for r in rows:
+        assert r["verdict"]["outcome"] in ("new", "regressed", "improved")
+        assert "counters of device key 'cpu-amd-epyc'" in r["verdict"]["reason"], r["verdict"]
