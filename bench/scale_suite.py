@@ -6,9 +6,13 @@ nothing is timed and the whole difference between two runs is the plugin: its ho
 fixture, loading the baseline file, judging every stage and every cycle, the terminal table,
 writing the baselines and the report files.
 
-Each configuration is a fresh ``python -m pytest`` process; its wall time is compared with the
-same suite run with ``-p no:llmcycle`` and a stub fixture whose ``record`` does nothing (the
-tests still build the same measurements). The overhead is the difference of the medians.
+Each configuration is a fresh ``python -m pytest`` process; it is compared with the same suite
+run with ``-p no:llmcycle`` and a stub fixture whose ``record`` does nothing (the tests still
+build the same measurements). Every round runs the stub once and then each configuration once
+per checkout, interleaved, so a machine that slows down mid-run slows all of them alike; the
+overhead of a run is its figure minus the stub's of the same round, reported as the median and
+the range over rounds. Three figures per process: wall time, CPU time (user + system, from
+``wait4``: steadier than wall time on a shared machine) and peak memory (``ru_maxrss``).
 
 Mixes of current samples: "unchanged" (every stage as recorded, new noise), "typical" (as in
 bench/scale.py: 95 % of stages unchanged within noise, 3 % slower by 30 %, 2 % noisy) and
@@ -18,7 +22,7 @@ something (reports, the FAILURES section), which is counted here. The machine ch
 it would run the real reference workload, which is measurement, not overhead.
 
 Run:  .venv/bin/python bench/scale_suite.py [--tests 500] [--runs 5]
-      (PYTHONPATH=<another checkout> times that checkout's plugin with the same suite)
+      [--checkout before=/path/to/old/checkout --checkout now=.]   (side by side, interleaved)
 """
 from __future__ import annotations
 
@@ -84,68 +88,114 @@ def llmcycle():
 '''
 
 
-def run(work: Path, args: list[str], mix: str) -> tuple[float, subprocess.CompletedProcess]:
+def run(work: Path, args: list[str], mix: str, pythonpath: str | None = None) -> tuple[dict, subprocess.CompletedProcess]:
+    """One fresh pytest process: ``({"wall": s, "cpu": s, "rss": MiB}, the process)``."""
     # bytecode caching on, as on a developer machine or a CI runner (this sandbox turns it off,
     # which makes every run recompile, with assertion rewriting, whatever it imports)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    # the suite's folder first; a PYTHONPATH given to the bench stays (to time another checkout)
-    env.update(MIX=mix, PYTHONPATH=os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")])), PYTHONHASHSEED="0")
+    # the suite's folder first, then the checkout whose plugin is timed (else whatever is installed)
+    env.update(MIX=mix, PYTHONPATH=os.pathsep.join(filter(None, [str(work), pythonpath, os.environ.get("PYTHONPATH")])),
+               PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:xdist",
            "-p", "no:randomly", "-p", "no:hypothesispytest", "test_suite.py", *args]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-    return time.perf_counter() - t0, proc
+    with tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    proc = subprocess.CompletedProcess(cmd, p.returncode, text, "")
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss / 1024}, proc
 
 
-def median_time(work: Path, args: list[str], mix: str, runs: int, ok_codes=(0, 1)) -> float:
-    times = []
-    for _ in range(runs):
-        t, proc = run(work, args, mix)
-        if proc.returncode not in ok_codes:
-            raise SystemExit(f"pytest {' '.join(args)} (mix {mix}) exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
-        times.append(t)
-    return statistics.median(times)
+def checked(work: Path, args: list[str], mix: str, pythonpath: str | None, ok_codes=(0, 1)) -> dict:
+    m, proc = run(work, args, mix, pythonpath)
+    if proc.returncode not in ok_codes:
+        raise SystemExit(f"pytest {' '.join(args)} (mix {mix}) exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return m
+
+
+PLUGIN = ["--llmcycle-device", "cpu"]
+STUB_ARGS = ["-p", "no:llmcycle", "-p", "stub_llmcycle"]
+REPORTS = ["--llmcycle-report", "r.json", "--llmcycle-report", "r.html", "--llmcycle-report", "r.md"]
+UPDATE_ALL = ["--llmcycle-update", "--llmcycle-update-all"]
+#: (name, arguments, mix, whether it rewrites the baseline file)
+CONFIGS = [
+    ("check, every stage unchanged", PLUGIN, "base", False),
+    ("check, typical mix (3 % regress, their tests fail)", PLUGIN, "typical", False),
+    ("check, worst mix (every stage 9-12 % slower)", PLUGIN, "worst", False),
+    ("check + JSON, HTML, Markdown reports (typical)", PLUGIN + REPORTS, "typical", False),
+    ("--llmcycle-update-all (rewrites all 2,000)", PLUGIN + UPDATE_ALL, "typical", True),
+    ("--llmcycle-update-all + the three reports", PLUGIN + UPDATE_ALL + REPORTS, "typical", True),
+]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """Median and range, e.g. ``+0.61 s (0.55..0.70)``."""
+    number, unit = fmt.split(" ", 1) if " " in fmt else (fmt, "")
+    return (f"{number.format(statistics.median(values))} {unit} "
+            f"({number.format(min(values))}..{number.format(max(values))})").replace("  ", " ")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests", type=int, default=500, help="tests of 4 stages each (default 500: 2,000 stages)")
-    ap.add_argument("--runs", type=int, default=5, help="runs per configuration (median)")
+    ap.add_argument("--runs", type=int, default=5, help="rounds (each runs every configuration once per checkout)")
+    ap.add_argument("--checkout", action="append", default=[], metavar="LABEL=PATH",
+                    help="a checkout whose plugin is timed (repeat to compare side by side; default: this one)")
+    ap.add_argument("--only", action="append", default=[], metavar="N",
+                    help="run only configuration N (0-based index into the table; repeatable)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="llmcycle-scale-"))
-    (work / "test_suite.py").write_text(SUITE.replace("N_TESTS", str(args.tests)))
-    (work / "stub_llmcycle.py").write_text(STUB)
-    (work / "pytest.ini").write_text("[pytest]\nllmcycle_machine_check = false\n")
-    plugin = ["--llmcycle-device", "cpu"]
-    stub = ["-p", "no:llmcycle", "-p", "stub_llmcycle"]
-    reports = ["--llmcycle-report", "r.json", "--llmcycle-report", "r.html", "--llmcycle-report", "r.md"]
-
-    _, proc = run(work, plugin + ["--llmcycle-update"], "record")  # record the 2,000 baselines once (own noise)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    size = (work / ".llmcycle" / "baselines.json").stat().st_size
-    run(work, stub, "typical")  # warm: bytecode caches written
-    bare = median_time(work, stub, "typical", args.runs)
-    rows: list[tuple[str, float]] = []
-    for mix, what in (("base", "every stage unchanged"), ("typical", "typical mix: 3 % of stages regress"),
-                      ("worst", "worst mix: every stage 9-12 % slower")):
-        rows.append((f"check run, {what}", median_time(work, plugin, mix, args.runs)))
-    rows.append(("check run + JSON, HTML, Markdown reports", median_time(work, plugin + reports, "typical", args.runs)))
-    for name in ("r.json", "r.html", "r.md"):
-        rows.append((f"  {name}: {(work / name).stat().st_size / 1e6:.1f} MB", float("nan")))
-    baseline_text = (work / ".llmcycle" / "baselines.json").read_text()
-    rows.append(("--llmcycle-update --llmcycle-update-all (rewrites all 2,000)",
-                 median_time(work, plugin + ["--llmcycle-update", "--llmcycle-update-all"], "typical", args.runs)))
-    (work / ".llmcycle" / "baselines.json").write_text(baseline_text)
+    here = str(Path(__file__).resolve().parents[1])
+    checkouts = [tuple(c.split("=", 1)) for c in args.checkout] or [("this checkout", here)]
+    configs = [c for i, c in enumerate(CONFIGS) if not args.only or str(i) in args.only]
+    works: dict[str, Path] = {}
+    sizes: dict[str, dict[str, int]] = {}
+    for label, path in checkouts:
+        work = Path(tempfile.mkdtemp(prefix="llmcycle-scale-"))
+        (work / "test_suite.py").write_text(SUITE.replace("N_TESTS", str(args.tests)))
+        (work / "stub_llmcycle.py").write_text(STUB)
+        (work / "pytest.ini").write_text("[pytest]\nllmcycle_machine_check = false\n")
+        # record the 2,000 baselines once, with this checkout (its own file format)
+        checked(work, PLUGIN + ["--llmcycle-update"], "record", str(Path(path).resolve()), ok_codes=(0,))
+        works[label] = work
+        run(work, STUB_ARGS, "typical")  # warm: bytecode caches written
+        run(work, PLUGIN, "typical", str(Path(path).resolve()))
+    first = works[checkouts[0][0]]
+    size = (first / ".llmcycle" / "baselines.json").stat().st_size
+    stub: list[dict] = []
+    got: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.runs):
+        stub.append(checked(first, STUB_ARGS, "typical", None))
+        for name, cfg_args, mix, rewrites in configs:
+            for label, path in checkouts:
+                work = works[label]
+                saved = (work / ".llmcycle" / "baselines.json").read_bytes() if rewrites else None
+                m = checked(work, cfg_args, mix, str(Path(path).resolve()))
+                if saved is not None:
+                    (work / ".llmcycle" / "baselines.json").write_bytes(saved)
+                if "r.json" in cfg_args:
+                    sizes[label] = {n: (work / n).stat().st_size for n in ("r.json", "r.html", "r.md")}
+                got.setdefault((name, label), []).append(m)
 
     n = args.tests * 4
-    print(f"pytest-llmcycle overhead in a real run: {args.tests} tests x 4 stages = {n} stages, "
-          f"baseline file {size / 1e6:.1f} MB; median of {args.runs} fresh processes each\n")
-    print(f"  {'same suite, plugin off (stub fixture)':<62} {bare:6.2f} s")
-    for name, t in rows:
-        if t != t:
-            print(f"  {name}")
-        else:
-            print(f"  {name:<62} {t:6.2f} s   overhead {t - bare:+.2f} s ({(t - bare) / n * 1e3:.2f} ms/stage)")
+    load = os.getloadavg()
+    print(f"pytest-llmcycle overhead in a real run: {args.tests} tests x 4 stages = {n} stages, baseline file "
+          f"{size / 1e6:.1f} MB; {args.runs} interleaved rounds; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print(f"plugin off (stub fixture): wall {spread([m['wall'] for m in stub], '{:.2f} s')}, "
+          f"CPU {spread([m['cpu'] for m in stub], '{:.2f} s')}, peak RSS {spread([m['rss'] for m in stub], '{:.0f} MiB')}\n")
+    print("| run | checkout | wall overhead | CPU overhead | peak RSS over the stub |")
+    print("|---|---|---|---|---|")
+    for name, *_ in configs:
+        for label, _ in checkouts:
+            ms = got[(name, label)]
+            d = {k: [m[k] - s[k] for m, s in zip(ms, stub)] for k in ("wall", "cpu", "rss")}
+            print(f"| {name} | {label} | {spread(d['wall'], '{:+.2f} s')} | {spread(d['cpu'], '{:+.2f} s')} "
+                  f"| {spread(d['rss'], '{:+.0f} MiB')} |")
+    for label, s in sizes.items():
+        print(f"\nreports ({label}): " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in s.items()))
     return 0
 
 

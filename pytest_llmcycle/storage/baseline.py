@@ -367,6 +367,24 @@ def _unique_keys(pairs: list) -> dict:
     return d
 
 
+def _object_hook() -> Callable[[list], dict]:
+    """:func:`_unique_keys`, and each value of an entry's ``samples_ms`` held once: samples rounded
+    to 4 digits repeat (2,000 entries of 64 samples hold about 14,000 distinct values), so one
+    float object each instead of one a sample saves 2.5 MB of a 1.5 MB file's 4.5 MB in memory.
+    Done as each entry is parsed, so the duplicates freed are the blocks the next ones reuse.
+    Only lists of floats: an int sample stays an int (an untouched entry is written back as read)."""
+    memo: dict = {}
+
+    def hook(pairs: list) -> dict:
+        d = _unique_keys(pairs)
+        s = d.get("samples_ms")
+        if type(s) is list and set(map(type, s)) == _FLOAT_ONLY:
+            d["samples_ms"] = list(map(memo.setdefault, s, s))
+        return d
+
+    return hook
+
+
 _CONFLICT = re.compile(r"^(<<<<<<<|=======|>>>>>>>)", re.M)
 
 
@@ -426,7 +444,7 @@ class Baselines:
         if not text.strip():
             raise BaselineError(f"baseline file {path} is empty (truncated?); {_fix_hint(path)}")
         try:
-            raw = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+            raw = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_hook())
         except json.JSONDecodeError as e:
             conflict = (
                 ": it contains an unresolved git merge conflict (<<<<<<< markers), resolve it"
