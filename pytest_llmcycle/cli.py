@@ -101,7 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         old, new = load(args.old), load(args.new)
     except SnapshotError as e:
         raise UsageError(str(e)) from None
-    rows = compare(old, new, args.threshold, args.alpha, args.device_key)
+    rows = compare(old, new, args.threshold, args.alpha, args.device_key, counters=args.counters)
     code = exit_code(rows, args.strict)
     if args.format == "json":
         print(to_json(rows, old=str(old.path), new=str(new.path), exit_code=code), end="")
@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=_setting("alpha"), default=OPTION["alpha"].default, metavar="P",
                    help=f"significance level, at most 0.5 (default: {OPTION['alpha'].default})")
     c.add_argument("--device-key", help="only this device key")
+    c.add_argument("--counters", type=_setting("counters"), default=OPTION["counters"].default, metavar="POLICY",
+                   help="which counters gate and how tightly, as the plugin's --llmcycle-counters / llmcycle_counters, "
+                   "e.g. 'flops:0, alloc_bytes:5%%, aten_ops:off' (default: flops:0, aten_ops:0, alloc_bytes:1%%, peak_bytes:2%%)")
     c.add_argument("--strict", action="store_true", help="also fail (exit 1) stages with no comparable old entry")
     c.add_argument("--format", **fmt)
     c.set_defaults(func=cmd_compare)

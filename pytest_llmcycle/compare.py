@@ -127,11 +127,13 @@ def compare(
     threshold: float | None = None,
     alpha: float = 0.01,
     device_key: str | None = None,
+    counters: Any = None,
 ) -> list[StageResult]:
     """One row per stage in either file. ``threshold`` None: the test's own (reports), else 10 %.
 
     Only device keys both files have are compared (a baseline file holds every runner class,
-    a report one), unless they share none; ``device_key`` picks one.
+    a report one), unless they share none; ``device_key`` picks one. ``counters``: which counters
+    gate and how tightly (the plugin's counter policy; None: its default).
     """
     keys = shared_device_keys(old, new) or {k for k, _, _ in old.entries} | {k for k, _, _ in new.entries}
     rows = []
@@ -149,7 +151,7 @@ def compare(
             before.evidence() if before else None,
             after.evidence(),
             # stored samples stand as they are: the run that wrote them had its re-measure
-            vd.Rules(thr, alpha, vd.CONFIRM_NOT_NEEDED),
+            vd.Rules(thr, alpha, vd.CONFIRM_NOT_NEEDED, counters=counters),  # the plugin's counter policy
             machine_factor=machine_factor(old, new, dk),
         )
         v = vd.decide(case)

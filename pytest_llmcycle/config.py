@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .engine.counts import DEFAULT_POLICY, EXAMPLE as COUNTERS_EXAMPLE, CounterPolicy, parse_policy
 from .measure.device import is_valid_device
 from .reports.outputs import FORMATS, report_format
 
@@ -157,6 +158,20 @@ class Option:
 
 _BOOL = dict(parse=_bool, check=_any, expected="true or false")
 
+
+class _Invalid:
+    """A value whose parser had a better reason than the option's 'expected ...' (shown as the hint)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _counter_policy(v: Any) -> Any:
+    try:
+        return parse_policy(v)
+    except ValueError as e:
+        return _Invalid(str(e))
+
 OPTIONS: tuple[Option, ...] = (
     # ---- Settings: one record per test; the marker may change those with a marker spelling
     Option("baseline", "baseline JSON file, relative to the rootdir; {module} in it: one file per test module "
@@ -217,8 +232,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("early_stop", "stop a stage's rounds once its verdict can no longer change; false: until the precision "
            "or the budget (default: true)", default=True, ini="llmcycle_early_stop", marker="early_stop", **_BOOL),
     #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
-    Option("counters", "count FLOPs, aten ops and bytes next to time (LLM helpers)", default=True,
-           marker="counters", **_BOOL),
+    Option("counters", "which deterministic counters (flops, aten_ops, alloc_bytes, peak_bytes; LLM helpers) gate "
+           "and how tightly: true (the defaults: flops:0, aten_ops:0, alloc_bytes:1%%, peak_bytes:2%%), false (none "
+           "counted), or e.g. 'flops:0, alloc_bytes:5%%, aten_ops:off' (counters not named keep their default)",
+           _counter_policy, lambda x: not isinstance(x, _Invalid), f"true, false or a text like {COUNTERS_EXAMPLE!r}",
+           DEFAULT_POLICY, flag="--llmcycle-counters", ini="llmcycle_counters", metavar="POLICY", marker="counters",
+           hint=lambda x: x.reason),
     # ---- RunOptions: the whole run
     Option("skip", "deselect timing tests (tests using llmcycle)", default=False, flag="--llmcycle-skip", **_BOOL),
     Option("only", "run only timing tests", default=False, flag="--llmcycle-only", **_BOOL),
@@ -308,8 +327,9 @@ class Settings:
     remeasure: bool = _default("remeasure")
     machine_check: bool = _default("machine_check")
     early_stop: bool = _default("early_stop")
-    #: deterministic counters (FLOPs, aten ops, bytes) next to time, for the LLM helpers
-    counters: bool = _default("counters")
+    #: deterministic counters (FLOPs, ops, bytes) next to time, for the LLM helpers: which gate and
+    #: how tightly (a CounterPolicy; false when none is on, and then none is taken)
+    counters: CounterPolicy = _default("counters")
     #: smoke mode (--llmcycle-disable): every timed callable runs once, untimed and unjudged
     disable: bool = _default("disable")
 

@@ -424,13 +424,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(line, yellow=True)
     for i, line in enumerate(refusal_lines(getattr(run, "refused", ()), run.settings.update_all)):
         tr.write_line(line, red=i == 0)
-    faster = sorted({r.nodeid for r in run.results if r.outcome == "improved" and not r.updated})
+    # a test with a regressed stage (or that failed) is never summed up as faster; "faster" only
+    # where time decided, "improved" where counters that fell did (issue 12)
+    failed = {r.nodeid for r in run.results if r.outcome == "regressed" or r.test_failed}
+    better = [r for r in run.results if r.outcome == "improved" and not r.updated and r.nodeid not in failed]
+    faster = sorted({r.nodeid for r in better})
+    by_time = all(r.verdict.decided_by != "counters" for r in better)
     if faster and run.peers is not None:  # --llmcycle-against: faster than the base; nothing to record
-        tr.write_line(f"llmcycle: {len(faster)} test(s) faster than in {visible(run.peers.base_label)}")
+        how = "faster than in" if by_time else "improved (time or counters) against"
+        tr.write_line(f"llmcycle: {len(faster)} test(s) {how} {visible(run.peers.base_label)}")
     elif faster:
         from .reports.terminal import accept_command
 
-        tr.write_line(f"llmcycle: {len(faster)} test(s) faster than their baseline; to record it: {accept_command(faster)}")
+        how = "faster than" if by_time else "improved (time or counters) against"
+        tr.write_line(f"llmcycle: {len(faster)} test(s) {how} their baseline; to record it: {accept_command(faster)}")
     if run.written:
         files = sorted(set(run.written_files))
         where = files[0] if len(files) == 1 else f"{len(files)} files ({run.baseline_path})"

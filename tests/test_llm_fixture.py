@@ -10,6 +10,7 @@ import json
 import pytest
 
 from pytest_llmcycle.engine import verdict as vd
+from pytest_llmcycle.engine.counts import stamp
 from pytest_llmcycle.engine.stats import summarize
 from pytest_llmcycle.storage.baseline import Entry, merge_into_file
 from pytest_llmcycle.config import Settings
@@ -238,7 +239,8 @@ def test_scaling_over_sizes_with_a_fake_quadratic_cost(tmp_path, clock):
 
 def _write_baseline(lc: LLMCycle, stage: str, samples_ms, counters, unit="call"):
     s = summarize(samples_ms)  # numbers that fit the samples: the loader checks them (issue 15)
-    e = Entry(s.median, s.q1, s.q3, len(samples_ms), tuple(samples_ms), unit=unit, env=lc.environment(None), counters=counters)
+    # counted by this version's rules (engine.counts.stamp), as the fixture stores them
+    e = Entry(s.median, s.q1, s.q3, len(samples_ms), tuple(samples_ms), unit=unit, env=lc.environment(None), counters=stamp(counters))
     merge_into_file(lc._run.baseline_path, [(lc.device_key, lc.nodeid, stage, e)])
     lc._run.baselines.forget_loaded()  # re-read
 
@@ -269,7 +271,7 @@ def test_equal_counters_leave_the_time_verdict_alone(tmp_path):
     _write_baseline(lc, "prefill", samples, {"flops": 100, "aten_ops": 7})
     r = lc.record("prefill", _measurement(samples), counters={"flops": 100, "aten_ops": 7})
     assert r.outcome == vd.OK
-    assert r.counters == {"flops": 100, "aten_ops": 7}
+    assert r.counters == {"flops": 100, "aten_ops": 7, "counted_by": 2}
 
 
 def test_a_counter_that_fell_is_an_improvement(tmp_path):
@@ -278,7 +280,7 @@ def test_a_counter_that_fell_is_an_improvement(tmp_path):
     _write_baseline(lc, "prefill", samples, {"aten_ops": 279})
     r = lc.record("prefill", _measurement(samples), counters={"aten_ops": 210})
     assert r.outcome == vd.IMPROVED
-    assert "aten_ops 279 -> 210" in r.verdict.reason
+    assert r.verdict.reason.startswith("improved on counters: aten_ops -24.73% (279 -> 210)")
 
 
 def test_counters_are_not_compared_across_environments(tmp_path):
@@ -304,9 +306,9 @@ def test_update_rewrites_an_entry_whose_counters_changed_or_were_missing(tmp_pat
     lc._run.write_updates()
     data = json.loads(lc._run.baseline_path.read_text())
     stages = data["devices"][lc.device_key]["tests"][lc.nodeid]
-    assert stages["a"]["counters"] == {"flops": 2}
-    assert stages["b"]["counters"] == {"flops": 2}
-    assert stages["c"]["counters"] == {"flops": 1}
+    assert stages["a"]["counters"] == {"flops": 2, "counted_by": 2}
+    assert stages["b"]["counters"] == {"flops": 2, "counted_by": 2}
+    assert stages["c"]["counters"] == {"flops": 1, "counted_by": 2}
     # a test's stages are re-recorded together (issue 11): c, unchanged, is rewritten with a and b
     assert {r.stage for r in lc.results if r.updated} == {"a", "b", "c"}
 

@@ -44,12 +44,15 @@ CASES = {
 }
 
 
+from pytest_llmcycle.engine.counts import stamp  # noqa: E402
+
+
 def _entry(fields: dict) -> Entry:
     xs = np.sort(np.asarray(fields.get("samples", BASE), dtype=float))
     q1, med, q3 = np.percentile(xs, [25, 50, 75])
     return Entry(
         float(med), float(q1), float(q3), len(xs), tuple(float(x) for x in xs), unit=fields.get("unit", "call"),
-        env=fields.get("env", {}), counters=fields.get("counters", {}),
+        env=fields.get("env", {}), counters=stamp(fields.get("counters", {})),  # counted by this version's rules
     )
 
 

@@ -18,14 +18,14 @@ FLAGS = [
     "--llmcycle-update-append", "--llmcycle-strict", "--llmcycle-skip", "--llmcycle-only", "--llmcycle-report",
     "--llmcycle-history", "--llmcycle-tensorboard", "--llmcycle-wandb", "--llmcycle-stage-timeout", "--llmcycle-xdist-gpus",
     "--llmcycle-strict-all", "--llmcycle-update-force", "--llmcycle-report-samples",
-    "--llmcycle-against", "--llmcycle-against-python", "--llmcycle-against-pairs",
+    "--llmcycle-against", "--llmcycle-against-python", "--llmcycle-against-pairs", "--llmcycle-counters",
 ]
 INI_NAMES = [
     "llmcycle_disable", "llmcycle_baseline", "llmcycle_threshold", "llmcycle_alpha", "llmcycle_budget", "llmcycle_min_rounds",
     "llmcycle_device", "llmcycle_device_key", "llmcycle_threads", "llmcycle_strict", "llmcycle_remeasure", "llmcycle_early_stop",
     "llmcycle_machine_check", "llmcycle_report", "llmcycle_history", "llmcycle_tensorboard", "llmcycle_wandb", "llmcycle_step_summary",
     "llmcycle_stage_timeout", "llmcycle_xdist_gpus", "llmcycle_strict_all", "llmcycle_report_samples",
-    "llmcycle_against_pairs", "llmcycle_against_paths",
+    "llmcycle_against_pairs", "llmcycle_against_paths", "llmcycle_counters",
 ]
 
 
@@ -123,7 +123,7 @@ def test_a_budget_past_ten_minutes_is_refused_as_likely_milliseconds():
         ({"precision": 1}, "argument precision=1 is not valid: expected a fraction > 0 and < 1"),
         ({"warmup_rounds": -1}, "argument warmup_rounds=-1 is not valid: expected an integer >= 0"),
         ({"max_rounds": 2}, "argument max_rounds=2 is not valid: expected an integer >= 3"),
-        ({"counters": "sometimes"}, "argument counters='sometimes' is not valid: expected true or false"),
+        ({"counters": "sometimes"}, "argument counters='sometimes' is not valid: 'sometimes' is not true, false or COUNTER:TOLERANCE"),
     ],
 )
 def test_marker_only_settings_are_checked_by_the_same_table(kwargs, fragment):

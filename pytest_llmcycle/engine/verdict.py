@@ -422,6 +422,9 @@ class Rules:
     machine_check: bool = False
     #: recording a baseline (--llmcycle-update): nothing is confirmed, counters new to it are "new"
     recording: bool = False
+    #: which counters gate and how tightly (:class:`~.counts.CounterPolicy`, or what
+    #: :func:`~.counts.parse_policy` reads); None: the default policy
+    counters: Any = None
 
 
 @dataclass(frozen=True)
@@ -478,24 +481,27 @@ def decide(case: Case) -> Verdict:
         return Verdict(NOT_COMPARABLE, r.threshold, r.threshold, reason=mismatch, decided_by=BY_ENVIRONMENT)
     if cur.parts:
         return _decide_cycle(case)
-    from .counts import compare as compare_counters, describe
+    from .counts import compare as compare_counters, decided, stale
 
-    changed = compare_counters(base.counters, cur.counters)
+    changed = compare_counters(base.counters, cur.counters, r.counters)
     grew = [c for c in changed if c.increased]
     v = _time(case, cur, case.machine_factor)
-    if grew:  # deterministic: no machine check, no re-measure can undo it
-        return replace(v, outcome=REGRESSED, reason=describe(grew, cur.unit), decided_by=BY_COUNTERS, needs="")
+    if grew:  # deterministic: no machine check, no re-measure can undo it; the reason leads with them
+        return replace(v, outcome=REGRESSED, reason=decided(grew, cur.unit, v.ratio, True), decided_by=BY_COUNTERS, needs="")
     if v.needs:
         return v
     v = _confirm(case, v)
     if v.needs:
         return v
-    if changed and v.outcome in (OK, INCONCLUSIVE):
-        return replace(
-            v, outcome=IMPROVED, reason=describe(changed, cur.unit) + ": record it with --llmcycle-update", decided_by=BY_COUNTERS,
-        )
+    if changed and v.outcome in (OK, INCONCLUSIVE):  # fell: "improved", said to be by counters
+        return replace(v, outcome=IMPROVED, reason=decided(changed, cur.unit, v.ratio, False), decided_by=BY_COUNTERS)
     if r.recording and cur.counters and not base.counters and v.outcome == OK:
         return replace(v, outcome=NEW, reason="counters not in the baseline yet")
+    old_counts = stale(base.counters, cur.counters)
+    if old_counts:  # never a false counter regression; time still judges
+        if r.recording and v.outcome == OK:
+            return replace(v, outcome=NEW, reason=old_counts)
+        return replace(v, reason=f"{v.reason}; {old_counts}" if v.reason else old_counts)
     return v
 
 
@@ -514,7 +520,7 @@ def _counters_elsewhere(case: Case, new: Verdict) -> Verdict:
     if not other.counters or not cur.counters or other.unit != cur.unit:
         return new
     source = f"counters of device key {case.counters_key!r} (same device kind and library versions)"
-    changed = compare_counters(other.counters, cur.counters)
+    changed = compare_counters(other.counters, cur.counters, case.rules.counters)
     grew = [c for c in changed if c.increased]
     time_note = f"time not judged: {new.reason}" if new.reason else "time not judged"
     if grew:
@@ -686,7 +692,7 @@ def _decide_paired(case: Case) -> Verdict:
             h = len(xs) // 2
             halves = tuple(judge_paired(pm.estimate([part]), r.threshold, r.alpha, pr.base_label) for part in (xs[:h], xs[h:]))
         v = _confirm_pairs(v, est.per_pair if est else (), halves)  # type: ignore[arg-type]
-    changed = compare_counters(base.counters, cur.counters)
+    changed = compare_counters(base.counters, cur.counters, r.counters)
     grew = [c for c in changed if c.increased]
     if grew:  # deterministic, and both sides ran here: a counter that grew regresses
         return replace(v, outcome=REGRESSED, reason=f"{describe(grew, cur.unit)} against {pr.base_label}", decided_by=BY_COUNTERS)

@@ -244,14 +244,19 @@ def failure_message(rows: Sequence[StageResult], against: str | None = None) -> 
             )
             continue
         what = "cycle" if r.kind == CYCLE else f"stage {r.stage!r}"
-        out.append(f"llmcycle: {what} regressed against {against}" if against else f"llmcycle: {what} regressed on {r.device_key}")
+        head = f"llmcycle: {what} regressed against {against}" if against else f"llmcycle: {what} regressed on {r.device_key}"
         b = r.baseline
+        by_counters = v.decided_by == vd.BY_COUNTERS and b is not None
+        # what decided leads: "failed on counters: flops +63.00% per token (...); time +11.0%, not judged on its own"
+        out.append(f"{head}: {v.reason}" if by_counters else head)
         if b is None and v.reason:  # no baseline here: another device key's counters decided it
             out.append(f"  counters  {v.reason}")
-        if b is not None and r.counters:
-            from ..engine.counts import counter_lines
+        if by_counters and r.counters:
+            from ..engine.counts import SEMANTICS_KEY, counter_lines
 
-            out.extend(counter_lines(b.counters, r.counters, r.unit))
+            # judged comparable: the current counters carry the baseline's stamp (a live run's are unstamped)
+            cur = {**r.counters, SEMANTICS_KEY: b.counters.get(SEMANTICS_KEY, 1)}
+            out.extend(line for line in counter_lines(b.counters, cur, r.unit) if line.split()[1].rstrip(":") in v.reason)
         if b is not None:
             spread = f" (IQR {fmt_ms(b.q1_ms)} .. {fmt_ms(b.q3_ms)}, n={b.n})" if r.kind != CYCLE else ""
             medians = process_medians(b)
@@ -272,7 +277,7 @@ def failure_message(rows: Sequence[StageResult], against: str | None = None) -> 
                 else "the stage's own noise is wider"
             )
             thr += f" (gated at {v.effective_threshold:.1%}: {why})"
-        out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}")
+        out.append(f"  change    {fmt_change(v)}{ci}, {thr}{conf}" + (" (time not judged on its own: counters decided)" if by_counters else ""))
         if v.machine_factor is not None:
             out.append(f"  machine   {vd.machine_note(v.machine_factor)}")
     if against:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..measure import device as devmod
 from ..engine import sequential, verdict as vd
+from ..engine.counts import stamp
 from ..storage.baseline import Entry, entry_from_samples, ns_to_ms, process_range
 from ..config import Settings
 from .results import COLD, CYCLE, STAGE, StageResult
@@ -350,7 +351,7 @@ class LLMCycle:
         elsewhere = None if entry or not counters else self._counters_baseline(stage, env)
         case = vd.Case(
             entry.evidence() if entry else None,
-            vd.Evidence(cur, measurement.unit, env, dict(counters or {})),
+            vd.Evidence(cur, measurement.unit, env, stamp(counters)),
             self._rules(confirmation, machine_check=s.machine_check),
             no_baseline_reason="" if entry else self._no_baseline_reason(),
             counters_baseline=elsewhere[1].evidence() if elsewhere else None,
@@ -377,7 +378,7 @@ class LLMCycle:
 
     def _rules(self, confirmation: str, machine_check: bool = False) -> vd.Rules:
         s = self.settings
-        return vd.Rules(s.threshold, s.alpha, confirmation, machine_check=machine_check, recording=s.update)
+        return vd.Rules(s.threshold, s.alpha, confirmation, machine_check=machine_check, recording=s.update, counters=s.counters)
 
     # ------------------------------------------------------------------ internals
     def _check_stage(self, stage: str) -> None:
@@ -468,7 +469,7 @@ class LLMCycle:
 
     def _store(self, stage, final, samples, entry, env, v, first, remeasured, weight, counters) -> StageResult:
         """Record ``final`` (whose samples are ``samples``, in ms) as the stage's result."""
-        e = entry_from_samples(samples, final.unit, first.cold_ns / 1e6 if first.cold_ns else None, env, counters)
+        e = entry_from_samples(samples, final.unit, first.cold_ns / 1e6 if first.cold_ns else None, env, stamp(counters))
         r = StageResult(
             nodeid=self.nodeid,
             stage=stage,
@@ -486,7 +487,7 @@ class LLMCycle:
             samples_ms=e.samples_ms,
             timeline_ms=tuple(final.extra.get("timeline_ms", ())),
             env=env,
-            counters=dict(counters or {}),
+            counters=stamp(counters),  # with the rules they were counted by (counts.SEMANTICS_KEY)
         )
         self.results.append(r)
         self._weights[stage] = weight
