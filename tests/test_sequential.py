@@ -110,6 +110,18 @@ def test_from_evidence_has_nothing_to_settle_without_a_comparable_baseline():
     assert callable(seq.from_evidence(vd.Evidence(samples_ms=(1.0, 2.0, 3.0)), 0.1))
 
 
+def test_with_nothing_to_settle_against_the_precision_stop_is_reachable():
+    rule = seq.from_evidence(None, 0.10, precision=0.005)
+    assert callable(rule)
+    # a 6 % noisy 2 ms stage: its median's half-width does not reach 0.5 % in a 1 s budget, 1/8 of 10 % it does
+    m = rounds_with(rule, noisy(2.0, 0.06))
+    assert m.stopped_by == "settled" and m.rounds < 200
+    m = rounds_with(seq.from_evidence(None, 0.10, precision=0.02), noisy(2.0, 0.03))
+    assert m.rounds <= 22  # a wider precision asked for is kept
+    strict = TimingPolicy(budget_s=1.0, min_rounds=10, warmup_rounds=0, warmup_fraction=0.0, precision=0.005)
+    assert rounds_with(None, noisy(2.0, 0.06), strict).stopped_by == "budget"  # the 0.5 % stop alone
+
+
 # ------------------------------------------------------------------ run_rounds with the rule
 
 def test_an_unchanged_stage_stops_long_before_its_budget():

@@ -257,7 +257,8 @@ class LLMCycle:
         base = entry.evidence() if entry else None
 
         def take() -> Measurement:
-            rule = sequential.from_evidence(base, s.threshold)  # fresh looks for each measurement
+            # fresh looks for each measurement; with nothing to settle against, a reachable precision
+            rule = sequential.from_evidence(base, s.threshold, precision=s.precision) if s.early_stop else None
             with self.timed_section(stage) as deadline:
                 return time_callable(fn, dev, replace(policy, stop_when=rule), self.clock, setup=setup, check=deadline.check)
 
