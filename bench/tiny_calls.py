@@ -95,11 +95,14 @@ def workloads() -> dict:
 #: the clock every method reads (set from --clock): wall time, or this thread's CPU time
 CLOCK_NS = time.perf_counter_ns
 CLOCK_S = time.perf_counter
+#: llmcycle's shortest sample (set from --min-sample-s; the plugin's default is 100 us)
+MIN_SAMPLE_S = TimingPolicy().min_sample_s
 
 
 def ours(fn, budget: float) -> float:
     with StageDeadline("bench", 300.0) as deadline:
-        return time_callable(fn, "cpu", TimingPolicy(budget_s=budget), CLOCK_NS, check=deadline.check).median_ns / 1e9
+        policy = TimingPolicy(budget_s=budget, min_sample_s=MIN_SAMPLE_S)
+        return time_callable(fn, "cpu", policy, CLOCK_NS, check=deadline.check).median_ns / 1e9
 
 
 def before(fn, budget: float) -> float:
@@ -140,15 +143,18 @@ def pct(r: float) -> str:
 
 
 def main() -> int:
+    global CLOCK_NS, CLOCK_S, MIN_SAMPLE_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds per measurement, every method alike")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: perf_counter (what the plugin uses); cpu: this thread's CPU time, for every method alike "
                          "(on a loaded machine it leaves out the time slices other processes take)")
+    ap.add_argument("--min-sample-s", type=float, default=MIN_SAMPLE_S,
+                    help="llmcycle's shortest sample (batch length), default the plugin's 100 us")
     ap.add_argument("--out", help="append the results as Markdown to this file")
     args = ap.parse_args()
-    global CLOCK_NS, CLOCK_S
+    MIN_SAMPLE_S = args.min_sample_s
     if args.clock == "cpu":
         CLOCK_NS, CLOCK_S = time.thread_time_ns, time.thread_time
 
@@ -168,7 +174,7 @@ def main() -> int:
 
     lines = [
         f"Tiny calls: medians vs torch.utils.benchmark (CPU, 1 torch thread), {args.blocks} interleaved blocks, "
-        f"budget {args.budget:g} s per measurement, {args.clock} clock; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"budget {args.budget:g} s per measurement, {args.clock} clock, llmcycle batches >= {MIN_SAMPLE_S * 1e6:g} us; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
         f"in {time.time() - t_start:.0f} s, torch {torch.__version__}.",
         f"Machine: {os.cpu_count()} cores; uptime before: `{start_load}`; after: `{end_load}`.",
         "",
