@@ -42,6 +42,9 @@ def test_stages(llmcycle):
     llmcycle.measure("work", work)
     llmcycle.measure("removed", old_only)
     llmcycle.measure("steady", steady)
+    for _ in range(12):
+        with llmcycle.stage("block"):
+            steady()
 
 
 def test_untimed():
@@ -58,6 +61,9 @@ def test_stages(llmcycle):
     llmcycle.measure("work", work)
     llmcycle.measure("steady", steady)
     llmcycle.measure("added", lambda: sum(range(3000)))
+    for _ in range(12):
+        with llmcycle.stage("block"):
+            steady()
 
 
 def test_untimed():
@@ -117,6 +123,7 @@ def test_head_against_its_base_revision(tmp_path: Path) -> None:
     assert rows["work"].rstrip().endswith("regressed"), rows
     assert not rows["steady"].rstrip().endswith("regressed"), rows  # unchanged code
     assert rows["added"].rstrip().endswith("new"), rows
+    assert rows["block"].split()[-1] in ("ok", "inconclusive", "improved"), rows  # a block stage, unchanged
     assert "only in the base (removed): tests/test_lat.py::test_stages removed" in out
     assert "PASSED tests/test_lat.py::test_untimed" in out
     md = report.read_text()
