@@ -163,3 +163,34 @@ def test_llmcycle_compare_judges_counters_by_the_policy_it_is_given(tmp_path):
     assert [r.outcome for r in compare(old, new)] == [vd.REGRESSED]
     assert [r.outcome for r in compare(old, new, counters=parse_policy("aten_ops:off"))] == [vd.OK]
     assert compare(old, new)[0].verdict.reason.startswith("failed on counters: aten_ops +1.08% (93 -> 94)")
+
+
+# ----------------------------------------------------------------------------- read right everywhere
+
+
+def _counter_row():
+    from pytest_llmcycle.run.results import StageResult
+    from pytest_llmcycle.storage.baseline import entry_from_samples
+
+    base = entry_from_samples(SAMPLES, "token", None, {}, _stamped(flops=1000, aten_ops=10))
+    faster = [x * 0.6 for x in SAMPLES]
+    v = vd.decide(_case(_stamped(flops=1000, aten_ops=10), _stamped(flops=1630, aten_ops=10), faster))
+    return StageResult("t.py::test_x", "decode", "cpu", v, unit="token", median_ms=6.0, q1_ms=5.9, q3_ms=6.1, n=30,
+                       baseline=base, samples_ms=faster, counters=_stamped(flops=1630, aten_ops=10))
+
+
+def test_every_report_shows_the_counter_that_decided_in_its_row():
+    """The issue's PR comment showed '-39.4% regressed' with no counter in it."""
+    from pytest_llmcycle.reports import htmlpage, markdown
+    from pytest_llmcycle.reports.terminal import failure_message, terminal_table
+
+    r = _counter_row()
+    assert r.outcome == vd.REGRESSED
+    cell = "flops +63.00% per token; time -40.0%"
+    assert cell in terminal_table([r])
+    assert cell in markdown.table([r])
+    assert cell in htmlpage.render([r], {})
+    msg = failure_message([r]).splitlines()
+    assert msg[0] == ("llmcycle: stage 'decode' regressed on cpu: failed on counters: flops +63.00% per token "
+                      "(1 kFLOP -> 1.63 kFLOP); time -40.0%, not judged on its own (deterministic counters, no re-measure)")
+    assert any(line.startswith("  change    -40.0%") and line.endswith("(time not judged on its own: counters decided)") for line in msg)

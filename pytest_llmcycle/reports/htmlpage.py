@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from ..engine import verdict as vd
 from .escape import html_text
-from .terminal import fmt_change, fmt_ms, sort_rows, verdict_cell
+from .terminal import change_cell, fmt_ms, sort_rows, verdict_cell
 from .markdown import summary_line
 from ..run.results import COLD, STAGE, StageResult
 
@@ -291,7 +291,7 @@ def _rows_table(rows: Sequence[StageResult]) -> str:
         base = fmt_ms(r.baseline.median_ms) + unit if r.baseline else "-"
         out.append(
             f"<tr><td>{esc(r.label)}</td><td class=num>{esc(base)}</td><td class=num>{esc(fmt_ms(r.median_ms) + unit)}</td>"
-            f"<td class=num>{esc(fmt_change(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{esc(r.n)}</td>"
+            f"<td class=num>{esc(change_cell(r.verdict) if r.kind != COLD else '-')}</td><td class=num>{esc(r.n)}</td>"
             f"<td>{badge(r.outcome if r.kind != COLD else 'info', verdict_cell(r))}</td>"
             f'<td class="reason">{esc(r.verdict.reason)}'
             + (f"<br>{esc(_counters(r))}" if r.counters and r.kind != COLD else "")

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from ..engine import verdict as vd
 from .escape import md_code, md_text
 from .terminal import (
-    accept_command, distribution_cell, fmt_change, fmt_ms, not_judged, notes as row_notes, outcome_counts, sort_rows,
+    accept_command, change_cell, distribution_cell, fmt_ms, not_judged, notes as row_notes, outcome_counts, sort_rows,
     verdict_cell,
 )
 from ..run.results import COLD, StageResult
@@ -77,7 +77,7 @@ def row(r: StageResult) -> list[str]:
         cell(r.label),
         cell(fmt_ms(r.baseline.median_ms if r.baseline else None) + (unit if r.baseline else "")),
         cell(fmt_ms(r.median_ms) + unit),
-        fmt_change(r.verdict) if r.kind != COLD else "-",
+        change_cell(r.verdict) if r.kind != COLD else "-",
         verdict,
         code(dist) if dist else "",
         cell(note(r)),
