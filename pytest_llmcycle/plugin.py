@@ -346,6 +346,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if run is not None and run.pending:
             _write_updates(session, run)
+        if run is not None and run.results:
+            # the loaded baseline files have served: every row holds the entry it was judged
+            # against. Let go of them before the reports and the terminal table are built, so those
+            # reuse their memory instead of adding to the run's peak (device key resolved first)
+            run.device_key  # noqa: B018
+            run.baselines.forget_loaded()
         step = "reports"
         _write_outputs(session.config, run)
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..storage.baseline import entries_to_json
 from ..run.results import COLD, CYCLE, StageResult
@@ -66,10 +66,15 @@ def result_dicts(results: Sequence[StageResult], all_samples: bool = True) -> li
     """The report's rows: each record, its label and its stored baseline entry (all baselines'
     samples rounded in one batch). ``all_samples=False``: the lean rows of the module docstring
     (no baseline samples the baseline file holds, no cold-row copies)."""
+    return list(_rows(results, all_samples))
+
+
+def _rows(results: Sequence[StageResult], all_samples: bool) -> Iterator[dict[str, Any]]:
+    """:func:`result_dicts` one row at a time (the report encodes each as it comes: at 2,000
+    stages, 4,500 row dicts are never all alive at once)."""
     keep = [all_samples or _baseline_samples_kept(r) for r in results]
     entries = [r.baseline for r, k in zip(results, keep) if r.baseline is not None and k]
     stored = iter(entries_to_json(entries))  # type: ignore[arg-type]
-    out = []
     for r, k in zip(results, keep):
         d = r.to_dict(samples=all_samples or r.kind != COLD)
         d["label"] = r.label
@@ -81,8 +86,7 @@ def result_dicts(results: Sequence[StageResult], all_samples: bool = True) -> li
             d["baseline"] = b = r.baseline.to_json(_rounded_samples=[])
             del b["samples_ms"]  # in the baseline file, where this entry still is
         d["verdict"] = _verdict_scales(d["verdict"])
-        out.append(d)
-    return out
+        yield d
 
 
 def _baseline_samples_kept(r: StageResult) -> bool:
@@ -103,17 +107,10 @@ def _verdict_scales(v: dict[str, Any]) -> dict[str, Any]:
 
 def render(results: Sequence[StageResult], meta: Mapping[str, Any], all_samples: bool = False) -> str:
     """The report's text; ``all_samples``: every copy of every sample (``--llmcycle-report-samples``)."""
-    doc = {
-        "format": FORMAT,
-        "schema": SCHEMA,
-        "samples": ALL if all_samples else LEAN,
-        "meta": dict(meta),
-        "results": result_dicts(results, all_samples),
-    }
+    head = _line({"format": FORMAT, "schema": SCHEMA, "samples": ALL if all_samples else LEAN, "meta": dict(meta)})
     # One line per result (not indent=): json's C encoder only runs without indent, 5x faster
     # at 2,000 stages, and `python -m json.tool` pretty-prints it for a person.
-    head = _line({k: v for k, v in doc.items() if k != "results"})
-    rows = [_line(r) for r in doc["results"]]
+    rows = [_line(r) for r in _rows(results, all_samples)]
     return head[:-1] + ', "results": [\n' + ",\n".join(rows) + "\n]}\n"
 
 

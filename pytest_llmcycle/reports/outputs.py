@@ -257,13 +257,15 @@ def write_outputs(
             rendered[fmt] = render(fmt, results, meta, trends, report_samples)
         return rendered[fmt]
 
-    for path in reports:
-        fmt = report_format(str(path)) or "markdown"
+    fmts = [report_format(str(path)) or "markdown" for path in reports]
+    for i, (path, fmt) in enumerate(zip(reports, fmts)):
         try:
             atomic_write_text(path, text(fmt))
             messages.append((f"wrote {fmt} report {path}", False))
         except (OSError, ValueError) as e:
             messages.append((f"report {path} NOT written: {e}", True))
+        if fmt != "markdown" and fmt not in fmts[i + 1:]:
+            rendered.pop(fmt, None)  # a JSON or HTML page is megabytes at 2,000 stages: not kept past its last file
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and summary and results:
         try:
