@@ -236,3 +236,19 @@ def header(run: Any) -> str:
         f"each stage, taking turns round by round; threshold {run.settings.threshold * 100:g}%; the baseline file is "
         "not used for timing"
     )
+
+
+def note_removed(run: Any, nodeid: str, head_stages: Sequence[str]) -> None:
+    """After a test: stages the base timed that the head has not, listed as removed."""
+    coord = run.peers
+    if coord is None:
+        return
+    have = set(head_stages)
+    for w in coord.workers:
+        if w.role != "base":
+            continue
+        for n, stage in w.records:
+            if n == nodeid and stage not in have and stage not in coord.removed.setdefault(nodeid, []):
+                coord.removed[nodeid].append(stage)
+    if not coord.removed.get(nodeid):
+        coord.removed.pop(nodeid, None)

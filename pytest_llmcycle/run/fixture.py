@@ -571,6 +571,7 @@ class LLMCycle:
         self._finish_blocks()
         self._finish_cycle()
         if self._run.peers is not None:
+            against.note_removed(self._run, self.nodeid, [r.stage for r in self.results])
             self._run.peers.finished(self.nodeid)
         s = self.settings
         rows: list[StageResult] = []

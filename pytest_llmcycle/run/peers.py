@@ -127,6 +127,9 @@ class Coordinator:
         self.workers: list[Participant] = []
         self._turn = 0
         self._granted = self._stopped = False
+        #: sections head 0 has had a turn in: a section it enters anew first lets a worker waiting
+        #: elsewhere (a stage only the base has, before it) catch up; see _pick
+        self._started: set = set()
         self._schedules: dict[tuple, _Schedule] = {}
         #: head 0's last timed section: the workers still timing it get their remaining turns
         self._active: tuple | None = None
@@ -347,6 +350,7 @@ class Coordinator:
             self._turn += 1
             if p is self.me:
                 self._granted = True
+                self._started.add(self.me.key)
                 continue
             self._send(p, ("go", self._turn))
             if p.state != GONE:
@@ -365,6 +369,15 @@ class Coordinator:
         """Whose turn it is, with every worker blocked; None when nothing is waiting to be timed."""
         everyone = [self.me, *self.workers]
         key = self.me.key if self.me.state == READY else self._active
+        if self.me.state == READY and key not in self._started:
+            # head 0 enters a stage while a worker waits at another: that one is a stage the base
+            # has before this one (removed in the head) or after it (this one is new). Timing the
+            # worker's first lets it catch up: if it was removed, the base reaches this stage next
+            # and the two are paired; if this one is new, the base's later stage is timed apart
+            # and judged unpaired (two samples), never left unjudged.
+            elsewhere = [w for w in self.workers if w.state == READY and w.key != key]
+            if elsewhere:
+                key = elsewhere[0].key
         if key is not None:
             at = [p for p in everyone if p.state == READY and p.key == key]
             if at:
