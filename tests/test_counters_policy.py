@@ -194,3 +194,12 @@ def test_every_report_shows_the_counter_that_decided_in_its_row():
     assert msg[0] == ("llmcycle: stage 'decode' regressed on cpu: failed on counters: flops +63.00% per token "
                       "(1 kFLOP -> 1.63 kFLOP); time -40.0%, not judged on its own (deterministic counters, no re-measure)")
     assert any(line.startswith("  change    -40.0%") and line.endswith("(time not judged on its own: counters decided)") for line in msg)
+
+
+def test_the_html_strip_plot_of_a_counter_decided_row_is_not_drawn_as_a_time_failure():
+    from pytest_llmcycle.reports import htmlpage
+
+    r = _counter_row()
+    page = htmlpage.render([r], {})
+    assert "time did not decide: failed on counters: flops +63.00% per token" in page
+    assert htmlpage.COLORS[vd.REGRESSED] not in htmlpage.strip_plot(r)

@@ -105,7 +105,9 @@ def strip_plot(r: StageResult) -> str:
     lanes = []
     if r.baseline is not None and r.baseline.samples_ms:
         lanes.append(("baseline", r.baseline.samples_ms, BASELINE))
-    lanes.append(("this run", r.samples_ms, COLORS.get(r.outcome, "#555")))
+    # time did not decide a row counters decided: its samples are not drawn in the verdict's colour
+    by_counters = r.verdict.decided_by == vd.BY_COUNTERS
+    lanes.append(("this run", r.samples_ms, "#555" if by_counters else COLORS.get(r.outcome, "#555")))
     lo = min([min(vals) for _, vals, _ in lanes])
     hi = max([max(vals) for _, vals, _ in lanes])
     fail_at = None
@@ -310,7 +312,9 @@ def _test_section(nodeid: str, rows: Sequence[StageResult], trends: Mapping[tupl
             continue
         unit = "" if r.unit == "call" else f" per {r.unit}"
         out.append(f"<figure>{strip_plot(r)}<figcaption>{esc(r.stage)}: samples{esc(unit)}, baseline vs this run"
-                   f"{' (dashed: where the stage would fail)' if r.baseline is not None else ''}</figcaption></figure>")
+                   f"{' (dashed: where the stage would fail)' if r.baseline is not None else ''}"
+                   f"{esc('; time did not decide: ' + r.verdict.reason) if r.verdict.decided_by == vd.BY_COUNTERS else ''}"
+                   "</figcaption></figure>")
         t = timeline(r)
         if t:
             out.append(f"<figure>{timeline_chart(r, t)}<figcaption>{esc(r.stage)}: latency of each generated token, in order"
