@@ -203,3 +203,38 @@ def test_the_html_strip_plot_of_a_counter_decided_row_is_not_drawn_as_a_time_fai
     page = htmlpage.render([r], {})
     assert "time did not decide: failed on counters: flops +63.00% per token" in page
     assert htmlpage.COLORS[vd.REGRESSED] not in htmlpage.strip_plot(r)
+
+
+PLUGIN_TEST = '''
+from pytest_llmcycle.measure.timing import Measurement
+
+SAMPLES = {samples}
+
+
+def test_mixed(llmcycle):
+    m = Measurement(samples_ns=tuple(int(x * 1e6) for x in SAMPLES))
+    llmcycle.record("fell", m, remeasure=lambda: m, counters={{"aten_ops": 5}})
+    llmcycle.record("grew", m, remeasure=lambda: m, counters={{"aten_ops": 20}})
+
+
+def test_leaner(llmcycle):
+    m = Measurement(samples_ns=tuple(int(x * 1e6) for x in SAMPLES))
+    llmcycle.record("fell", m, remeasure=lambda: m, counters={{"aten_ops": 5}})
+'''
+
+
+def test_the_summary_never_calls_a_failed_test_faster_and_names_counter_improvements(pytester):
+    from pytest_llmcycle.engine.stats import summarize
+    from pytest_llmcycle.storage.baseline import Entry, merge_into_file
+
+    s = summarize(SAMPLES)
+    entry = Entry(s.median, s.q1, s.q3, len(SAMPLES), tuple(SAMPLES), counters=_stamped(aten_ops=10))
+    pytester.makepyfile(test_mixed=PLUGIN_TEST.format(samples=SAMPLES))
+    pytester.makeini("[pytest]\nllmcycle_device_key = k\nllmcycle_machine_check = false\n")
+    merge_into_file(pytester.path / "b.json", [("k", f"test_mixed.py::{t}", st, entry)
+                                                for t, st in (("test_mixed", "fell"), ("test_mixed", "grew"), ("test_leaner", "fell"))])
+    result = pytester.runpytest("--llmcycle-baseline", "b.json")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "test(s) faster" not in out
+    result.stdout.fnmatch_lines(["llmcycle: 1 test(s) improved (time or counters) against their baseline; to record it: pytest test_mixed.py::test_leaner --llmcycle-update"])
