@@ -238,3 +238,12 @@ def test_the_summary_never_calls_a_failed_test_faster_and_names_counter_improvem
     out = result.stdout.str()
     assert "test(s) faster" not in out
     result.stdout.fnmatch_lines(["llmcycle: 1 test(s) improved (time or counters) against their baseline; to record it: pytest test_mixed.py::test_leaner --llmcycle-update"])
+
+
+def test_another_keys_counters_of_an_older_version_are_not_called_unchanged():
+    case = vd.Case(
+        None, vd.Evidence(SAMPLES, "call", {}, _stamped(flops=10)), vd.Rules(),
+        counters_baseline=vd.Evidence(SAMPLES, "call", {}, {"flops": 10}), counters_key="cpu-ci",
+    )
+    v = vd.decide(case)
+    assert v.outcome == vd.NEW and counts.STALE in v.reason and "unchanged" not in v.reason

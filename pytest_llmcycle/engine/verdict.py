@@ -520,6 +520,10 @@ def _counters_elsewhere(case: Case, new: Verdict) -> Verdict:
     if not other.counters or not cur.counters or other.unit != cur.unit:
         return new
     source = f"counters of device key {case.counters_key!r} (same device kind and library versions)"
+    from .counts import stale
+
+    if stale(other.counters, cur.counters):  # counted by other rules: say so, never "unchanged"
+        return replace(new, reason=f"{new.reason}; {source}: {stale(other.counters, cur.counters)}" if new.reason else f"{source}: {stale(other.counters, cur.counters)}")
     changed = compare_counters(other.counters, cur.counters, case.rules.counters)
     grew = [c for c in changed if c.increased]
     time_note = f"time not judged: {new.reason}" if new.reason else "time not judged"
