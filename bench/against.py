@@ -161,6 +161,22 @@ def pytest_run(root: Path, args: list[str], junit: Path | None = None) -> tuple[
     return p.returncode, wall, calls
 
 
+def stage_outcomes(report: Path) -> dict:
+    """stage -> (outcome, ratio, per-pair ratios from the reason) of a JSON report, when there is one."""
+    import re
+
+    if not report.exists():
+        return {}
+    out = {}
+    for row in json.loads(report.read_text()).get("results", []):
+        if row.get("kind") != "stage":
+            continue
+        v = row["verdict"]
+        pairs = re.search(r"process pairs?: ([^)]*)\)", v.get("reason") or "")
+        out[row["stage"]] = (v["outcome"], v.get("ratio"), pairs.group(1) if pairs else "")
+    return out
+
+
 def method_args(method: str, threshold: float, budget: float) -> list[str]:
     common = [f"--llmcycle-threshold={threshold}", f"--llmcycle-budget={budget}"]
     if method == "against":
@@ -225,8 +241,14 @@ def main() -> None:
                     junit = work / "junit.xml"
                     if junit.exists():
                         junit.unlink()
-                    rc, wall, calls = pytest_run(root, method_args(m, a.threshold, a.budget), junit)
-                    results.append(dict(rep=rep, slow=slow, load=ld, method=m, rc=rc, wall=wall, calls=calls, loadavg=before))
+                    report = work / "report.json"
+                    if report.exists():
+                        report.unlink()
+                    extra = [f"--llmcycle-report={report}"] if m != "pytest-benchmark" else []
+                    rc, wall, calls = pytest_run(root, method_args(m, a.threshold, a.budget) + extra, junit)
+                    stages = stage_outcomes(report)
+                    results.append(dict(rep=rep, slow=slow, load=ld, method=m, rc=rc, wall=wall, calls=calls, loadavg=before,
+                                        stages=stages))
                     print(f"rep {rep} {ld:5} +{slow:.0%} {m:16} rc={rc} wall={wall:.1f}s calls={calls:.1f}s load {before}", flush=True)
             finally:
                 if busy:
@@ -269,6 +291,12 @@ def write(a, results: list[dict], started: str) -> None:
                 lines.append(f"| {m} | {ld} | {statistics.median(r['wall'] for r in rs):.1f} "
                              f"({min(r['wall'] for r in rs):.1f}-{max(r['wall'] for r in rs):.1f}) | "
                              f"{statistics.median(r['calls'] for r in rs):.2f} |")
+    aa = [r["stages"][st] for r in results if r["method"] == "against" and r["slow"] == 0 for st in r["stages"]]
+    ratios = sorted(x[1] for x in aa if x[1])
+    if ratios:
+        lines += ["", f"--llmcycle-against on unchanged code (A/A, both loads, {len(ratios)} stage verdicts): ratio head/base "
+                  f"median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}..{ratios[-1]:.3f}; per-pair ratios of each: "
+                  + "; ".join(x[2] for x in aa if x[2])[:1500]]
     lines += ["", "Load averages (1/5/15 min) before each run: " + ", ".join(sorted({r['loadavg'] for r in results})[:6]) + " ...", "",
               "<details><summary>every run</summary>", "", "```json"]
     lines += [json.dumps(r) for r in results] + ["```", "", "</details>", ""]

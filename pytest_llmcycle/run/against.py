@@ -112,7 +112,8 @@ class Judged:
 def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: vd.Rules) -> Judged:
     """Head 0's verdict of ``stage``: its own record and the workers', paired round by round."""
     recs = coord.records(nodeid, stage, section)
-    heads = {0: mine, **{i: r for (role, i), r in recs.items() if role == "head"}}
+    # head 0 (this process) is in no pair and not pooled: the head workers are fresh processes like the base's
+    heads = {i: r for (role, i), r in recs.items() if role == "head"} or {0: mine}
     bases = {i: r for (role, i), r in recs.items() if role == "base"}
     label = coord.base_label
     head_ns = tuple(x for i in sorted(heads) for x in heads[i]["samples_ns"])

@@ -1,8 +1,11 @@
 """Base against head: processes that time the same stage side by side, taking turns (``--llmcycle-against``).
 
 The pytest process the user started is *head 0* and the coordinator. It starts K *base*
-processes (pytest in the base's tree, so the base's code is imported) and K-1 more *head*
-processes (pytest in this tree); K is ``--llmcycle-against-pairs``. Each worker collects the
+processes (pytest in the base's tree, so the base's code is imported) and K *head* processes
+(pytest in this tree); K is ``--llmcycle-against-pairs``. Base i and head i form pair i. Head 0
+runs the test as the user sees it and takes a turn of its own in every cycle, but its numbers
+are not judged: it carries the terminal, the reports and the run's state, so it is not a
+process like the others, and a systematic difference there would read as a change. Each worker collects the
 timed test files, connects back over a local socket, and runs one test at a time when told to,
 in step with head 0. Several pairs because a process has a speed mode of its own: fresh
 processes of the same code differ by a few per cent, so one pair cannot tell a small change
@@ -152,12 +155,14 @@ class Coordinator:
         extra_paths: Sequence[str] = (),
         pytest_args: Sequence[str] = (),
     ) -> None:
-        """Start K base and K-1 head workers and wait until each has collected and connected."""
+        """Start K base and K head workers and wait until each has collected and connected."""
         self._tmp = tempfile.TemporaryDirectory(prefix="llmcycle-peers-")
         tmp = Path(self._tmp.name)
         key = secrets.token_bytes(16)
         self._listener = Listener(str(tmp / "sock"), family="AF_UNIX", authkey=key)
-        specs = [(BASE, i) for i in range(self.pairs)] + [(HEAD, i) for i in range(1, self.pairs)]
+        # pairs 1..K of worker processes; head 0 (this process) times too, in a turn of its own
+        # each cycle, but is in no pair: it is not a fresh pytest process like the others
+        specs = [(BASE, i) for i in range(1, self.pairs + 1)] + [(HEAD, i) for i in range(1, self.pairs + 1)]
         for role, i in specs:
             root = base_root if role == BASE else head_root
             existing = [f for f in files if (root / f.split("::")[0]).exists()]
