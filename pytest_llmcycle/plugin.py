@@ -164,7 +164,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
         run = get_run(config)
         if not session.testsfailed:
+            from .run.against import settle_device_key
+
             prepare_run(config)  # the device (torch) now, beside head 0's start, not in the first test
+            settle_device_key(run)
         worker_loop(session, spec, run, _COLLECT_ERRORS)
         return True
     if session.testsfailed and not config.option.continue_on_collection_errors:
@@ -218,8 +221,10 @@ def prepare_run(config: pytest.Config) -> Any:
     from .storage.baseline import BaselineError
 
     run = get_run(config)
+    against = config.getoption("llmcycle_against", None) or config.getoption("llmcycle_peer", None)
     try:
-        run.baselines.preload()
+        if not against:  # base against head reads no baseline file (one may exist, even an old one)
+            run.baselines.preload()
     except BaselineError as e:
         raise pytest.UsageError(str(e)) from None
     try:

@@ -158,6 +158,9 @@ def test_base_that_fails_to_import(tmp_path: Path) -> None:
     make_repo(tmp_path, pkg="raise ImportError('broken in the base')\n")
     _git(tmp_path, "tag", "broken")
     (tmp_path / "src" / "mypkg" / "__init__.py").write_text(PKG_BASE)
+    # a baseline file is not read in this mode: a corrupt one (here in the head) stops nothing
+    (tmp_path / ".llmcycle").mkdir()
+    (tmp_path / ".llmcycle" / "baselines.json").write_text("{not json")
     r = run_pytest(tmp_path, "--llmcycle-against", "broken", "--llmcycle-budget", "0.2")
     assert r.returncode == 4, r.stdout + r.stderr
     err = r.stderr.strip().splitlines()

@@ -199,6 +199,7 @@ def start(session: Any, run: Any, options: Any, items: Sequence[Any]) -> None:
         coord.close(interrupted=True)
         raise
     run.peers = coord
+    settle_device_key(run)
 
 
 def peer_settings(settings: Any, options: Any) -> tuple[Any, Any]:
@@ -253,3 +254,13 @@ def note_removed(run: Any, nodeid: str, head_stages: Sequence[str]) -> None:
                 coord.removed[nodeid].append(stage)
     if not coord.removed.get(nodeid):
         coord.removed.pop(nodeid, None)
+
+
+def settle_device_key(run: Any) -> None:
+    """Against a base no baseline file is read, so the device key (shown in the rows) is the
+    option's or the default, never one chosen by looking into a file (run.session.device_key)."""
+    from ..measure import device as devmod
+
+    if getattr(run, "_device_key", None) is None:
+        spec = run.settings.device_key
+        run._device_key = devmod.expand_device_key(spec, run.device) if spec else devmod.default_device_key(run.device)
