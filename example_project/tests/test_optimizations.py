@@ -61,7 +61,7 @@ def forward(model, ids):
 
 
 def test_bf16_autocast_forward(llmcycle, prompt_ids, record_property):
-    """Mixed precision, forward: the same FLOPs, fewer activation bytes; time depends on the machine."""
+    """Mixed precision, forward: the same FLOPs, plus the casts; time depends on the machine."""
     dev = llmcycle.device
     model, ids = build_model(seed=0).to(dev), prompt_ids.to(dev)
 
@@ -73,8 +73,10 @@ def test_bf16_autocast_forward(llmcycle, prompt_ids, record_property):
     msg = report(record_property, "bf16_forward", r)
     # Autocast changes the precision of the matmuls, not their number.
     assert r.counters_b["flops"] == r.counters_a["flops"], msg
-    # Activations are bf16: what the forward allocates shrinks, on any machine.
-    assert r.counters_b["alloc_bytes"] < r.counters_a["alloc_bytes"], msg
+    # Autocast casts each matmul's weight and input to bf16 on every call: ops that allocate, on
+    # any machine. (Allocated bytes are not asserted: the casts' bf16 copies of the weights can
+    # outweigh the halved activations, as on this 128-wide model; counted right since issue 12.)
+    assert r.counters_b["aten_ops"] > r.counters_a["aten_ops"], msg
     # Time is not asserted: bf16 pays off only with bf16 matmul units (AVX512-BF16, AMX, tensor
     # cores) *and* matmuls big enough to hide the casts. On this 128-wide model the casts cost
     # about what the narrower matmuls save or more (0.9-1.0x on an AVX512-BF16 EPYC), and on a
@@ -184,8 +186,8 @@ def test_sdpa_vs_eager_attention(llmcycle, record_property):
     msg = report(record_property, "sdpa_vs_eager", r)
     cfg = sdpa.config
     # Eager attention allocates at least the attention probabilities, one fp32 L x L matrix per
-    # head and layer, which SDPA's fused kernel never writes to memory. (Not FLOPs: on a CPU the
-    # FLOP counter does not count SDPA's attention, so eager would look like more work.)
+    # head and layer, which SDPA's fused kernel never writes to memory. (Not FLOPs: both do the
+    # same arithmetic, and the FLOP counter counts SDPA's attention like the written-out one.)
     attn_matrix_bytes = cfg.num_hidden_layers * cfg.num_attention_heads * length * length * 4
     assert r.counters_a["alloc_bytes"] - r.counters_b["alloc_bytes"] >= attn_matrix_bytes, msg
     assert r.counters_b["aten_ops"] < r.counters_a["aten_ops"], msg  # one fused op instead of matmul, softmax, matmul

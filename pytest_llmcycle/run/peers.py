@@ -142,6 +142,8 @@ class Coordinator:
         self.base_failures: dict[str, str] = {}
         self._listener: Listener | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        #: set by close(): the workers are gone (session end, Ctrl-C); later calls do nothing
+        self.closed = False
 
     # ------------------------------------------------------------------ starting
     def start(
@@ -251,6 +253,8 @@ class Coordinator:
 
     def test_done(self, nodeid: str) -> None:
         """Head 0 finished its test body: wait until every worker finished the test too."""
+        if self.closed:  # a fixture's teardown after the session closed the workers (Ctrl-C)
+            return
         self.me.state, self.me.key = IDLE, (nodeid,)
         self._coordinate(lambda: all(w.state in (IDLE, GONE) for w in self.workers))
 
@@ -398,6 +402,9 @@ class Coordinator:
     # ------------------------------------------------------------------ closing
     def close(self, interrupted: bool = False) -> None:
         """Tell the workers to stop; stop the ones that do not (at once after a Ctrl-C)."""
+        if self.closed:
+            return
+        self.closed = True
         if interrupted:
             for w in self.workers:
                 if w.proc is not None and w.proc.poll() is None:
