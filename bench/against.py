@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--out", default="bench/results/against.md")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cells", default="", help="load:slowdown pairs, e.g. quiet:0,busy:0.1 (default: all 8)")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="llmcycle-against-bench-"))
@@ -226,6 +227,8 @@ def main() -> None:
     assert rc == 0, "pytest-benchmark save failed"
     results: list[dict] = []
     cells = [(s, ld) for s in SLOWS for ld in LOADS]
+    if a.cells:
+        cells = [(float(c.split(":")[1]), c.split(":")[0]) for c in a.cells.split(",")]
     for rep in range(a.reps):
         rng.shuffle(cells)
         for slow, ld in cells:
@@ -254,6 +257,7 @@ def main() -> None:
                 if busy:
                     busy.__exit__()
         set_slow(root, 0.0)
+        write(a, results, started)  # after every repetition: a stopped run keeps what it measured
     write(a, results, started)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -275,6 +279,8 @@ def write(a, results: list[dict], started: str) -> None:
     for ld in LOADS:
         for s in SLOWS:
             cells = []
+            if not any(r["load"] == ld and r["slow"] == s for r in results):
+                continue
             for m in METHODS:
                 rs = [r for r in results if r["load"] == ld and r["slow"] == s and r["method"] == m]
                 fails = sum(r["rc"] == 1 for r in rs)

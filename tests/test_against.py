@@ -161,7 +161,7 @@ def test_base_that_fails_to_import(tmp_path: Path) -> None:
     # a baseline file is not read in this mode: a corrupt one (here in the head) stops nothing
     (tmp_path / ".llmcycle").mkdir()
     (tmp_path / ".llmcycle" / "baselines.json").write_text("{not json")
-    r = run_pytest(tmp_path, "--llmcycle-against", "broken", "--llmcycle-budget", "0.2")
+    r = run_pytest(tmp_path, "--llmcycle-against", "broken", "--llmcycle-budget", "0.2", "--llmcycle-against-pairs", "1")
     assert r.returncode == 4, r.stdout + r.stderr
     err = r.stderr.strip().splitlines()
     assert any("the base's tests failed to collect: tests/test_lat.py" in line and "broken in the base" in line for line in err), r.stderr
@@ -195,7 +195,7 @@ def test_ctrl_c_stops_the_base_and_leaves_no_half_made_worktree(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     p = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--llmcycle-against", "HEAD",
-         "--llmcycle-budget", "30"],
+         "--llmcycle-budget", "30", "--llmcycle-against-pairs", "1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
