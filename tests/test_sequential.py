@@ -20,23 +20,7 @@ import pytest_llmcycle.measure.machine  # noqa: F401,E402
 import pytest_llmcycle.reports.terminal  # noqa: F401,E402
 import torch  # noqa: F401,E402
 
-MS = 1_000_000
-
-
-class FakeClock:
-    """Nanoseconds that pass only when ``work`` runs: ``durations(i)`` ns for the i-th call."""
-
-    def __init__(self, durations):
-        self.t = 0
-        self.calls = 0
-        self.durations = durations
-
-    def __call__(self) -> int:
-        return self.t
-
-    def work(self) -> None:
-        self.t += int(self.durations(self.calls))
-        self.calls += 1
+from fakeclock import MS, FakeClock  # noqa: E402
 
 
 def noisy(median_ms: float, rel: float, seed: int = 0):

@@ -10,23 +10,7 @@ import torch
 from pytest_llmcycle.measure import device as devmod
 from pytest_llmcycle.measure.timing import TimingPolicy, call_round, make_round, pinned_threads, run_rounds, time_callable
 
-MS = 1_000_000
-
-
-class FakeClock:
-    """Nanoseconds that pass only when ``work`` is called: ``durations(i)`` for the i-th call."""
-
-    def __init__(self, durations):
-        self.t = 0
-        self.calls = 0
-        self.durations = durations
-
-    def __call__(self) -> int:
-        return self.t
-
-    def work(self) -> None:
-        self.t += int(self.durations(self.calls))
-        self.calls += 1
+from fakeclock import MS, FakeClock  # noqa: E402
 
 
 def jitter(i: int) -> float:

@@ -14,25 +14,10 @@ from pytest_llmcycle.config import Settings
 from pytest_llmcycle.measure.timing import CALIBRATION_CALLS, MAX_NUMBER, TimingPolicy, calibrate, time_callable
 from pytest_llmcycle.run.fixture import LLMCycle, StageDeadline
 from pytest_llmcycle.run.session import RunState
+from fakeclock import FakeClock  # noqa: E402
 
 US = 1_000
 POLICY = TimingPolicy(budget_s=0.01, min_rounds=10, warmup_rounds=2, warmup_fraction=0.0)
-
-
-class FakeClock:
-    """Nanoseconds that pass only when ``work`` runs: ``durations(i)`` for the i-th call."""
-
-    def __init__(self, durations) -> None:
-        self.t = 0
-        self.calls = 0
-        self.durations = durations
-
-    def __call__(self) -> int:
-        return self.t
-
-    def work(self) -> None:
-        self.t += int(self.durations(self.calls))
-        self.calls += 1
 
 
 def no_sync() -> None:

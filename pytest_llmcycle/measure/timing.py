@@ -83,6 +83,18 @@ def prepared(setup: SetupFn | None) -> tuple[tuple, dict]:
     )
 
 
+def timed_batch(fn: Callable[[], Any], sync: Callable[[], None], clock: Clock, number: int) -> float:
+    """Nanoseconds ``number`` calls of ``fn`` take, synchronized before and after (the loop is
+    built before the first clock read)."""
+    loop = range(number)
+    sync()
+    t0 = clock()
+    for _ in loop:
+        fn()
+    sync()
+    return float(clock() - t0)
+
+
 def call_round(
     fn: Callable[..., Any],
     sync: Callable[[], None],
@@ -127,13 +139,7 @@ def call_round(
     def run() -> List[float]:
         if check is not None:
             check()
-        loop = range(number)
-        sync()
-        t0 = clock()
-        for _ in loop:
-            fn()
-        sync()
-        return [(clock() - t0) / number]
+        return [timed_batch(fn, sync, clock, number) / number]
 
     return run
 
@@ -294,13 +300,7 @@ def calibrate(
     while True:
         if check is not None:
             check()
-        loop = range(number)
-        sync()
-        t0 = clock()
-        for _ in loop:
-            fn()
-        sync()
-        spent = float(clock() - t0)
+        spent = timed_batch(fn, sync, clock, number)
         if spent >= target or number >= MAX_NUMBER:
             return number
         per_call = max(spent / number, 1.0)
