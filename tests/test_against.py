@@ -167,21 +167,50 @@ def test_base_that_fails_to_import(tmp_path: Path) -> None:
     assert any("the base's tests failed to collect: tests/test_lat.py" in line and "broken in the base" in line for line in err), r.stderr
 
 
-def test_a_checkout_folder_as_the_base(tmp_path: Path) -> None:
+# each process logs the CPUs its timed calls ran on, and the CPUs it has after the test
+TEST_PINNED = TEST_BASE.replace(
+    "def test_untimed():",
+    """def test_logs_its_cpus(llmcycle):
+    import os
+
+    seen = set()
+
+    def timed():
+        seen.add(tuple(sorted(os.sched_getaffinity(0))))
+        return steady()
+
+    llmcycle.measure("pinned", timed)
+    with open(os.environ["PIN_LOG"], "a") as f:
+        f.write(f"{sorted(seen)} {sorted(os.sched_getaffinity(0))}\\n")
+
+
+def test_untimed():""",
+)
+
+
+def test_a_checkout_folder_as_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A path instead of a revision, run on a given Python: unchanged code against a copy of itself
-    is not a regression."""
+    is not a regression. Every process times on the same CPU and gets its CPUs back afterwards."""
     base = tmp_path / "base"
     head = tmp_path / "head"
     base.mkdir()
-    make_repo(base)
+    make_repo(base, test=TEST_PINNED)
     subprocess.run(["git", "clone", "-q", str(base), str(head)], check=True)
+    log = tmp_path / "cpus.log"
+    monkeypatch.setenv("PIN_LOG", str(log))
     # the base on a Python given by path (here the same one: a venv with another torch in practice)
     r = run_pytest(head, "--llmcycle-against=../base", "--llmcycle-budget", "0.2", "--llmcycle-threshold", "0.3",
-                   "--llmcycle-against-pairs", "1", f"--llmcycle-against-python={sys.executable}")
+                   "--llmcycle-against-pairs", "1", "--llmcycle-threads", "1", f"--llmcycle-against-python={sys.executable}")
     out = r.stdout + r.stderr
     assert "regressed" not in out.split("llmcycle: this checkout against")[-1], out
     assert r.returncode == 0, out
     assert "against ../base @ " in out
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3, lines  # head 0, base 1, head 1
+    if len(allowed) >= 2:  # one thread times: every process on the last CPU, all of them given back after
+        assert f"taking turns round by round on CPU {allowed[-1]};" in out
+        assert set(lines) == {f"[({allowed[-1]},)] {allowed}"}, lines
 
 
 def test_ctrl_c_stops_the_base_and_leaves_no_half_made_worktree(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 from ..engine import paired as pm
 from ..engine import verdict as vd
+from ..measure import affinity
 from ..measure.turns import GATE
 from ..storage.baseline import Entry, entry_from_samples, ns_to_ms
 
@@ -54,19 +55,46 @@ def turns(run: Any, nodeid: str, section: str, rounds: dict) -> Iterator[None]:
 
     ids = rounds.setdefault(section, [])
     gate = MainGate(run.peers, nodeid, section, ids) if run.peers is not None else PeerGate(run.peer, nodeid, section, ids)
+    unpin = affinity.pin(cpus(run))  # before the first turn: the move to the CPU is not timed
     token = GATE.set(gate)
     try:
         yield
     finally:
         GATE.reset(token)
+        unpin()
 
 
-def block_turn(run: Any, nodeid: str, name: str, rounds: dict) -> None:
-    """One run of a ``with llmcycle.stage(name):`` block waits for this process's turn."""
+def cpus(run: Any) -> tuple[int, ...] | None:
+    """The CPUs every process of the run times on (chosen by head 0; None: not pinned)."""
+    if run.peers is not None:
+        return run.peers.cpus
+    got = getattr(run, "_against_cpus", False)
+    if got is False:
+        import json
+        import os
+
+        from .peers import ENV_SETTINGS
+
+        got = tuple(json.loads(os.environ.get(ENV_SETTINGS, "{}")).get("cpus") or ()) or None
+        run._against_cpus = got
+    return got
+
+
+def block_turn(run: Any, nodeid: str, name: str, rounds: dict, pinned: list) -> None:
+    """One run of a ``with llmcycle.stage(name):`` block waits for this process's turn, pinned to
+    the run's CPUs from the first block on (``pinned`` holds the undo; :func:`unpin_blocks`)."""
     if not active(run):
         return
+    if not pinned:
+        pinned.append(affinity.pin(cpus(run)))
     waiter = run.peers if run.peers is not None else run.peer
     rounds.setdefault(name, []).append(waiter.turn(nodeid, name, "block"))  # a block is never stopped
+
+
+def unpin_blocks(pinned: list) -> None:
+    """At the test's end: the CPUs its stage blocks were pinned to are given back."""
+    while pinned:
+        pinned.pop()()
 
 
 def own_record(m: Any, rounds: Sequence[int], env: dict, counters: dict | None) -> dict:
@@ -187,9 +215,11 @@ def start(session: Any, run: Any, options: Any, items: Sequence[Any]) -> None:
     run.against_next = dict(zip(ids, ids[1:] + [None]))
     coord = Coordinator(options.against_pairs, tree.label)
     coord.base_root = tree.root  # type: ignore[attr-defined]
+    coord.cpus = affinity.choose(run.threads)
     try:
         coord.start(
-            tree.root, root, files, {"settings": asdict(run.settings), "pairs": options.against_pairs},
+            tree.root, root, files,
+            {"settings": asdict(run.settings), "pairs": options.against_pairs, "cpus": list(coord.cpus or ())},
             base_python=python, extra_paths=options.against_paths,
         )
     except PeerError as e:
@@ -235,9 +265,15 @@ def header(run: Any) -> str:
     c = run.peers
     return (
         f"llmcycle: against {c.base_label} (base checkout {c.base_root}): {c.pairs} base/head process pair(s) time "
-        f"each stage, taking turns round by round; threshold {run.settings.threshold * 100:g}%; the baseline file is "
+        f"each stage, taking turns round by round{_on(c.cpus)}; threshold {run.settings.threshold * 100:g}%; the baseline file is "
         "not used for timing"
     )
+
+
+def _on(cpus: Any) -> str:
+    if not cpus:
+        return ""
+    return f" on CPU {cpus[0]}" if len(cpus) == 1 else f" on CPUs {','.join(map(str, cpus))}"
 
 
 def note_removed(run: Any, nodeid: str, head_stages: Sequence[str]) -> None:

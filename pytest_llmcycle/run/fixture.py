@@ -183,6 +183,8 @@ class LLMCycle:
         self.clock: Clock = time.perf_counter_ns
         #: --llmcycle-against: turn numbers of each timed section's rounds, and the last section
         self._rounds: dict[str, list[int]] = {}
+        #: the undo of pinning this process's CPUs for stage blocks (--llmcycle-against), at finish
+        self._pinned: list = []
         self._last_section = ""
         #: --llmcycle-against: (base median ms, paired estimate) of each judged stage, for the cycle
         self._paired: dict[str, tuple] = {}
@@ -281,7 +283,7 @@ class LLMCycle:
         sync = devmod.synchronizer(self._run.device)
         started = self._block_started.setdefault(name, time.monotonic())
         with self._lock(), pinned_threads(self.threads):
-            against.block_turn(self._run, self.nodeid, name, self._rounds)
+            against.block_turn(self._run, self.nodeid, name, self._rounds, self._pinned)
             sync()
             t0 = self.clock()
             yield
@@ -561,6 +563,7 @@ class LLMCycle:
         reported (marked as from a failed test), never written as baselines, and fail nothing
         more: the test already fails. A smoke run (``--llmcycle-disable``) has no rows.
         """
+        against.unpin_blocks(self._pinned)
         if self.settings.disable:
             return []
         if self._run.peer is not None:  # a worker of --llmcycle-against: send the blocks; head 0 reports

@@ -126,6 +126,8 @@ class Coordinator:
     def __init__(self, pairs: int, base_label: str) -> None:
         self.pairs = pairs
         self.base_label = base_label
+        #: the CPUs every process times on (measure.affinity; None: not pinned)
+        self.cpus: tuple[int, ...] | None = None
         self.me = Participant(HEAD, 0)
         self.workers: list[Participant] = []
         self._turn = 0
