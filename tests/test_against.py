@@ -335,3 +335,77 @@ def test_refused_combinations_and_a_missing_python(tmp_path: Path) -> None:
     assert r.returncode == 4 and "--llmcycle-against and --llmcycle-update exclude each other" in r.stderr, r.stderr
     r = run_pytest(tmp_path, "--llmcycle-against", "HEAD", f"--llmcycle-against-python={tmp_path / 'no' / 'python'}")
     assert r.returncode == 4 and "no such file; give the Python of the base's environment" in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------------- busy neighbours: CPU time
+
+
+def test_cpu_basis_only_where_neighbours_took_the_bases_cpu() -> None:
+    assert pm.cpu_basis([0.99] * 9, [0.98] * 9) == ""  # quiet: wall time
+    busy = pm.cpu_basis([0.55] * 9, [0.6] * 9)
+    assert busy.startswith("compared by CPU time") and "45%" in busy
+    # the head's rounds had far less CPU than the base's: it waits (a sleep, a lock), wall time shows it
+    assert pm.cpu_basis([0.6] * 9, [0.3] * 9) == ""
+    assert pm.cpu_basis([], [0.5]) == ""
+
+
+def _rec(cpu_ms: list[float], shares: list[float], threads: int = 1) -> dict:
+    """A record whose k-th round spent ``cpu_ms[k]`` of CPU in ``cpu_ms[k] / shares[k]`` of wall time."""
+    walls = [c / s for c, s in zip(cpu_ms, shares)]
+    turns = list(range(len(walls)))[::-1]  # sent in any order: matched by turn number
+    return {
+        "samples_ns": [w * 1e6 for w in walls[::-1]], "rounds": turns, "unit": "call", "env": {"threads": threads},
+        "counters": {}, "cold_ns": None,
+        "cpu": [[int(w * 1e6), int(c * 1e6 * threads)] for w, c in zip(walls[::-1], cpu_ms[::-1])],
+    }
+
+
+class _Coord:
+    base_label = "origin/main @ 1a2b3c4"
+    base_failures: dict = {}
+
+    def __init__(self, recs: dict) -> None:
+        self.recs = recs
+
+    def records(self, nodeid, stage, section):
+        return self.recs
+
+
+def test_rounds_stretched_by_neighbours_are_compared_by_their_cpu_time() -> None:
+    """Synthetic records: base and head spend the same CPU each round, their wall times stretched
+    at random (a busy neighbour). By wall time the pairs scatter; by CPU time the ratio is 1. A head
+    that spends 1.5x the CPU is caught either way."""
+    from pytest_llmcycle.run import against
+
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(11)
+    rules = vd.Rules(0.05, 0.01, vd.CONFIRM_PAIRS)
+
+    def recs(head_factor: float, head_share: tuple = (0.35, 0.8)) -> dict:
+        out = {}
+        for i in (1, 2):
+            out[("base", i)] = _rec([10.0] * 20, list(rng.uniform(0.35, 0.8, 20)))
+            out[("head", i)] = _rec([10.0 * head_factor] * 20, list(rng.uniform(*head_share, 20)))
+        return out
+
+    mine = _rec([10.0] * 20, [1.0] * 20)
+    same = against.judge(_Coord(recs(1.0)), "t::x", "forward", "forward", mine, rules, on_cpu=True)
+    assert same.verdict.outcome == vd.OK and "compared by CPU time" in same.verdict.reason, same.verdict
+    assert same.estimate is not None and abs(same.estimate.ratio - 1.0) < 1e-6
+    slower = against.judge(_Coord(recs(1.5)), "t::x", "forward", "forward", mine, rules, on_cpu=True)
+    assert slower.verdict.outcome == vd.REGRESSED, slower.verdict
+    # on a GPU the CPU time says nothing about the device's work: wall time (events) as always
+    gpu = against.judge(_Coord(recs(1.0)), "t::x", "forward", "forward", mine, rules, on_cpu=False)
+    assert "CPU time" not in gpu.verdict.reason
+    # a head that waits (its rounds hold the CPU half as much as the base's): judged by wall time, caught
+    waits = against.judge(_Coord(recs(1.0, head_share=(0.15, 0.3))), "t::x", "forward", "forward", mine, rules, on_cpu=True)
+    assert "CPU time" not in waits.verdict.reason and waits.verdict.outcome == vd.REGRESSED, waits.verdict
+
+
+def test_round_shares_divide_by_the_timing_threads_and_need_every_round() -> None:
+    from pytest_llmcycle.run import against
+
+    rec = _rec([4.0, 4.0], [0.5, 1.0], threads=2)
+    assert against.round_shares(rec) == pytest.approx([0.5, 1.0])
+    assert against.round_shares({**rec, "cpu": rec["cpu"][:1]}) == []  # a round without its CPU time: none
+    assert against.round_shares({**rec, "cpu": []}) == []

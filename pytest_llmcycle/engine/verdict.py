@@ -608,6 +608,9 @@ class Paired:
     base_label: str = "the base"
     unpaired: bool = False
     parts: tuple = ()
+    #: "" when the rounds were compared by wall time, else the note that they were compared by
+    #: CPU time (busy neighbours: :func:`pytest_llmcycle.engine.paired.cpu_basis`)
+    basis: str = ""
 
 
 def _paired_pct(ratios: Sequence[float]) -> str:
@@ -696,6 +699,8 @@ def _decide_paired(case: Case) -> Verdict:
             h = len(xs) // 2
             halves = tuple(judge_paired(pm.estimate([part]), r.threshold, r.alpha, pr.base_label) for part in (xs[:h], xs[h:]))
         v = _confirm_pairs(v, est.per_pair if est else (), halves)  # type: ignore[arg-type]
+        if pr.basis:
+            v = replace(v, reason=f"{v.reason}; {pr.basis}")
     changed = compare_counters(base.counters, cur.counters, r.counters)
     grew = [c for c in changed if c.increased]
     if grew:  # deterministic, and both sides ran here: a counter that grew regresses

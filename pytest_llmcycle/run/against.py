@@ -46,15 +46,18 @@ def no_lock() -> Any:
 
 
 @contextmanager
-def turns(run: Any, nodeid: str, section: str, rounds: dict) -> Iterator[None]:
-    """Inside it, every timed unit of ``section`` waits for this process's turn."""
+def turns(run: Any, nodeid: str, section: str, rounds: dict, cpu: dict | None = None) -> Iterator[None]:
+    """Inside it, every timed unit of ``section`` waits for this process's turn; each timed
+    round's turn number goes to ``rounds[section]``, its wall and CPU time to ``cpu[section]``."""
     if not active(run):
         yield
         return
     from .peers import MainGate, PeerGate
 
     ids = rounds.setdefault(section, [])
-    gate = MainGate(run.peers, nodeid, section, ids) if run.peers is not None else PeerGate(run.peer, nodeid, section, ids)
+    spent = cpu.setdefault(section, []) if cpu is not None else None
+    gate = (MainGate(run.peers, nodeid, section, ids, spent) if run.peers is not None
+            else PeerGate(run.peer, nodeid, section, ids, spent))
     unpin = affinity.pin(cpus(run))  # before the first turn: the move to the CPU is not timed
     token = GATE.set(gate)
     try:
@@ -97,11 +100,13 @@ def unpin_blocks(pinned: list) -> None:
         pinned.pop()()
 
 
-def own_record(m: Any, rounds: Sequence[int], env: dict, counters: dict | None) -> dict:
-    """What a process knows of one stage: its samples, the turns of its rounds, unit, env, counters."""
+def own_record(m: Any, rounds: Sequence[int], env: dict, counters: dict | None, cpu: Sequence = ()) -> dict:
+    """What a process knows of one stage: its samples, the turns of its rounds (and each round's
+    wall and CPU ns), unit, env, counters."""
     return {
         "samples_ns": list(m.samples_ns),
         "rounds": list(rounds),
+        "cpu": [list(x) for x in cpu] if len(cpu) == len(rounds) else [],
         "unit": m.unit,
         "env": dict(env),
         "counters": dict(counters or {}),
@@ -123,6 +128,16 @@ def round_medians(rec: dict) -> list[float]:
     return [m for _, m in sorted(meds)]
 
 
+def round_shares(rec: dict) -> list[float]:
+    """The share of its CPUs each timed round of a record had (CPU time / wall time / threads),
+    in turn order; [] when the record has none (a block stage, an older peer)."""
+    spent, ids = rec.get("cpu") or [], rec["rounds"]
+    if not spent or len(spent) != len(ids):
+        return []
+    n = max(1, int(rec.get("env", {}).get("threads") or 1))
+    return [min(1.0, c / max(w, 1) / n) for _, (w, c) in sorted(zip(ids, spent))]
+
+
 def _interleaved(a: dict, b: dict) -> bool:
     """True when the two records' rounds took turns (overlapping turn numbers), not one after the other."""
     ra, rb = a["rounds"], b["rounds"]
@@ -137,8 +152,13 @@ class Judged:
     head_samples_ns: tuple
 
 
-def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: vd.Rules) -> Judged:
-    """Head 0's verdict of ``stage``: its own record and the workers', paired round by round."""
+def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: vd.Rules, on_cpu: bool = False) -> Judged:
+    """Head 0's verdict of ``stage``: its own record and the workers', paired round by round.
+
+    ``on_cpu``: the stage ran on the CPU, so when neighbours took a large share of the base's
+    CPU while it was timed (:func:`engine.paired.cpu_basis`), the rounds are compared by their CPU
+    time (each round's median times the share of its CPU it had), not their stretched wall time.
+    """
     recs = coord.records(nodeid, stage, section)
     # head 0 (this process) is in no pair and not pooled: the head workers are fresh processes like the base's
     heads = {i: r for (role, i), r in recs.items() if role == "head"} or {0: mine}
@@ -157,13 +177,22 @@ def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: 
     base_ns = tuple(x for i in sorted(bases) for x in bases[i]["samples_ns"])
     base_ms = ns_to_ms(base_ns)
     entry = entry_from_samples(base_ms, b0["unit"], b0["cold_ns"] / 1e6 if b0.get("cold_ns") else None, b0["env"], b0["counters"] or None)
-    log_ratios = []
-    for i in sorted(bases):
-        if i in heads and _interleaved(bases[i], heads[i]):
-            log_ratios.append(tuple(pm.match_rounds(round_medians(bases[i]), round_medians(heads[i]))))
+    pairs = [i for i in sorted(bases) if i in heads and _interleaved(bases[i], heads[i])]
+    basis = pm.cpu_basis(
+        [x for i in pairs for x in round_shares(bases[i])], [x for i in pairs for x in round_shares(heads[i])]
+    ) if on_cpu else ""
+
+    def rounds_of(rec: dict) -> list[float]:
+        meds = round_medians(rec)
+        if not basis:
+            return meds
+        shares = round_shares(rec)
+        return [m * s for m, s in zip(meds, shares)] if len(shares) == len(meds) else meds
+
+    log_ratios = [tuple(pm.match_rounds(rounds_of(bases[i]), rounds_of(heads[i]))) for i in pairs]
     unpaired = not any(log_ratios)
     baseline = vd.Evidence(base_ms, b0["unit"], b0["env"], b0["counters"])
-    case = vd.Case(baseline, current, rules, paired=vd.Paired(tuple(log_ratios), label, unpaired))
+    case = vd.Case(baseline, current, rules, paired=vd.Paired(tuple(log_ratios), label, unpaired, basis=basis))
     v = vd.decide(case)
     est = None if unpaired else pm.estimate(log_ratios)
     return Judged(v, entry, est, head_ns)

@@ -183,6 +183,8 @@ class LLMCycle:
         self.clock: Clock = time.perf_counter_ns
         #: --llmcycle-against: turn numbers of each timed section's rounds, and the last section
         self._rounds: dict[str, list[int]] = {}
+        #: (wall ns, CPU ns) of each of those rounds, measured by the gate (--llmcycle-against)
+        self._round_cpu: dict[str, list[tuple[int, int]]] = {}
         #: the undo of pinning this process's CPUs for stage blocks (--llmcycle-against), at finish
         self._pinned: list = []
         self._last_section = ""
@@ -314,7 +316,7 @@ class LLMCycle:
             self._progress.starting(self.nodeid, stage, self.settings.budget_s)
         t0 = self.clock()
         with self._lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
-            with against.turns(self._run, self.nodeid, stage, self._rounds):
+            with against.turns(self._run, self.nodeid, stage, self._rounds, self._round_cpu):
                 self._last_section = stage
                 yield deadline
         if self._progress is not None:
@@ -419,7 +421,7 @@ class LLMCycle:
         """A stage timed beside the base: a worker sends its numbers to head 0; head 0 judges them."""
         env = self.environment(dtype)
         section = stage if stage in self._rounds else self._last_section
-        mine = against.own_record(m, self._rounds.get(section, ()), env, counters)
+        mine = against.own_record(m, self._rounds.get(section, ()), env, counters, self._round_cpu.get(section, ()))
         if self._run.peer is not None:
             self._run.peer.record(self.nodeid, stage, mine)
             self._weights[stage] = weight
@@ -428,7 +430,7 @@ class LLMCycle:
                 nodeid=self.nodeid, stage=stage, device_key=self.device_key, unit=m.unit,
                 verdict=vd.Verdict("info", s.threshold, s.threshold, reason="timed for head 0 (--llmcycle-against)"),
             )
-        got = against.judge(self._run.peers, self.nodeid, stage, section, mine, self._rules(vd.CONFIRM_PAIRS))
+        got = against.judge(self._run.peers, self.nodeid, stage, section, mine, self._rules(vd.CONFIRM_PAIRS), on_cpu=self._run.device == "cpu")
         if got.estimate is not None and got.entry is not None:
             self._paired[stage] = (got.entry.median_ms, got.estimate)
         cur = ns_to_ms(got.head_samples_ns)

@@ -436,18 +436,30 @@ class Coordinator:
             self._tmp = None
 
 
+def timed_turn(fn: Callable[[], Any], rounds: list, cpu: list | None, turn: int, kind: str) -> Any:
+    """Run one unit of a turn; a timed round's turn number goes to ``rounds`` and its wall and
+    process CPU time (ns) to ``cpu``: what share of a CPU the process had while it ran (busy
+    neighbours take the rest; ``run.against`` judges on CPU time when they took much)."""
+    if kind != ROUND:
+        return fn()
+    w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+    out = fn()
+    c1, w1 = time.process_time_ns(), time.perf_counter_ns()
+    rounds.append(turn)
+    if cpu is not None:
+        cpu.append((w1 - w0, c1 - c0))
+    return out
+
+
 class MainGate:
     """Head 0's gate of one timed section: each unit waits for head 0's turn."""
 
-    def __init__(self, coord: Coordinator, nodeid: str, section: str, rounds: list) -> None:
-        self.coord, self.nodeid, self.section, self.rounds = coord, nodeid, section, rounds
+    def __init__(self, coord: Coordinator, nodeid: str, section: str, rounds: list, cpu: list | None = None) -> None:
+        self.coord, self.nodeid, self.section, self.rounds, self.cpu = coord, nodeid, section, rounds, cpu
 
     def run(self, kind: str, fn: Callable[[], Any]) -> Any:
         turn = self.coord.turn(self.nodeid, self.section, kind)
-        out = fn()
-        if kind == ROUND:
-            self.rounds.append(turn)
-        return out
+        return timed_turn(fn, self.rounds, self.cpu, turn, kind)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -484,15 +496,12 @@ class Peer:
 class PeerGate:
     """A worker's gate of one timed section."""
 
-    def __init__(self, peer: Peer, nodeid: str, section: str, rounds: list) -> None:
-        self.peer, self.nodeid, self.section, self.rounds = peer, nodeid, section, rounds
+    def __init__(self, peer: Peer, nodeid: str, section: str, rounds: list, cpu: list | None = None) -> None:
+        self.peer, self.nodeid, self.section, self.rounds, self.cpu = peer, nodeid, section, rounds, cpu
 
     def run(self, kind: str, fn: Callable[[], Any]) -> Any:
         turn = self.peer.turn(self.nodeid, self.section, kind)
-        out = fn()
-        if kind == ROUND:
-            self.rounds.append(turn)
-        return out
+        return timed_turn(fn, self.rounds, self.cpu, turn, kind)
 
 
 def leaked_modules(head_root: str, own_root: str) -> list[tuple[str, str]]:
