@@ -298,7 +298,7 @@ def llmcycle(request: pytest.FixtureRequest) -> Any:
     if run.peers is not None or run.peer is not None:  # --llmcycle-against: timed beside the base
         from .run.against import begin_test, end_test, paired_settings
 
-        settings = paired_settings(settings, request.config.stash[AGAINST_KEY].against_pairs)
+        settings = paired_settings(settings, request.config.stash[AGAINST_KEY].against_pairs, head0=run.peers is not None)
         begin_test(run, request.node)
         request.addfinalizer(lambda: end_test(run, request.node.nodeid))
     obj = LLMCycle(run, request.node.nodeid, settings, progress=_progress(request.config))

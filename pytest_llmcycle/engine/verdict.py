@@ -609,8 +609,10 @@ class Paired:
     unpaired: bool = False
     parts: tuple = ()
     #: "" when the rounds were compared by wall time, else the note that they were compared by
-    #: CPU time (busy neighbours: :func:`pytest_llmcycle.engine.paired.cpu_basis`)
+    #: CPU time (busy neighbours: :func:`pytest_llmcycle.engine.paired.cpu_basis`); then
+    #: ``wall_log_ratios`` holds the same rounds' wall-time log ratios
     basis: str = ""
+    wall_log_ratios: tuple = ()
 
 
 def _paired_pct(ratios: Sequence[float]) -> str:
@@ -701,6 +703,14 @@ def _decide_paired(case: Case) -> Verdict:
         v = _confirm_pairs(v, est.per_pair if est else (), halves)  # type: ignore[arg-type]
         if pr.basis:
             v = replace(v, reason=f"{v.reason}; {pr.basis}")
+            by_wall = judge_paired(pm.estimate(pr.wall_log_ratios), r.threshold, r.alpha, pr.base_label)
+            if by_wall.outcome == REGRESSED and v.outcome != REGRESSED:
+                # slower by wall time only: the head waited, or neighbours took its rounds' CPU; never ok
+                v = replace(
+                    v, outcome=INCONCLUSIVE,
+                    reason=f"{v.reason}; by wall time {_pct((by_wall.ratio or 1) - 1)} slower: its rounds had less of the CPU "
+                           "than the base's (a wait in the head, or busy neighbours): not gated",
+                )
     changed = compare_counters(base.counters, cur.counters, r.counters)
     grew = [c for c in changed if c.increased]
     if grew:  # deterministic, and both sides ran here: a counter that grew regresses

@@ -28,12 +28,19 @@ def active(run: Any) -> bool:
     return getattr(run, "peers", None) is not None or getattr(run, "peer", None) is not None
 
 
-def paired_settings(settings: Any, pairs: int) -> Any:
-    """A test's settings for a stage timed beside its base (see :data:`BUDGET_FACTOR`)."""
+def paired_settings(settings: Any, pairs: int, head0: bool = False) -> Any:
+    """A test's settings for a stage timed beside its base (see :data:`BUDGET_FACTOR`).
+
+    ``head0``: the settings of the user's own process, which runs the test but is in no pair
+    and not judged: it takes its fewest rounds and leaves the turns to the pairs (a quarter
+    more rounds for each of them with two pairs).
+    """
+    least = max(3, math.ceil(settings.min_rounds / max(1, pairs)))
     return replace(
         settings,
         budget_s=settings.budget_s * BUDGET_FACTOR,
-        min_rounds=max(3, math.ceil(settings.min_rounds / max(1, pairs))),
+        min_rounds=least,
+        max_rounds=least if head0 else settings.max_rounds,
         remeasure=False,
         machine_check=False,
         update=False,
@@ -178,21 +185,18 @@ def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: 
     base_ms = ns_to_ms(base_ns)
     entry = entry_from_samples(base_ms, b0["unit"], b0["cold_ns"] / 1e6 if b0.get("cold_ns") else None, b0["env"], b0["counters"] or None)
     pairs = [i for i in sorted(bases) if i in heads and _interleaved(bases[i], heads[i])]
-    basis = pm.cpu_basis(
-        [x for i in pairs for x in round_shares(bases[i])], [x for i in pairs for x in round_shares(heads[i])]
-    ) if on_cpu else ""
+    basis = pm.cpu_basis([x for i in pairs for x in round_shares(bases[i])]) if on_cpu else ""
 
-    def rounds_of(rec: dict) -> list[float]:
-        meds = round_medians(rec)
-        if not basis:
-            return meds
-        shares = round_shares(rec)
+    def by_cpu(rec: dict) -> list[float]:
+        meds, shares = round_medians(rec), round_shares(rec)
         return [m * s for m, s in zip(meds, shares)] if len(shares) == len(meds) else meds
 
-    log_ratios = [tuple(pm.match_rounds(rounds_of(bases[i]), rounds_of(heads[i]))) for i in pairs]
+    wall = tuple(tuple(pm.match_rounds(round_medians(bases[i]), round_medians(heads[i]))) for i in pairs)
+    log_ratios = tuple(tuple(pm.match_rounds(by_cpu(bases[i]), by_cpu(heads[i]))) for i in pairs) if basis else wall
     unpaired = not any(log_ratios)
     baseline = vd.Evidence(base_ms, b0["unit"], b0["env"], b0["counters"])
-    case = vd.Case(baseline, current, rules, paired=vd.Paired(tuple(log_ratios), label, unpaired, basis=basis))
+    paired = vd.Paired(log_ratios, label, unpaired, basis=basis, wall_log_ratios=wall if basis else ())
+    case = vd.Case(baseline, current, rules, paired=paired)
     v = vd.decide(case)
     est = None if unpaired else pm.estimate(log_ratios)
     return Judged(v, entry, est, head_ns)
