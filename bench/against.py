@@ -268,7 +268,8 @@ def write(a, results: list[dict], started: str) -> None:
         "# Base against head: verdict quality next to the committed-baseline mode and pytest-benchmark",
         "",
         f"`python bench/against.py --reps {a.reps} --threshold {a.threshold} --budget {a.budget}`, started {started};",
-        f"{a.reps} fresh runs per cell and method, cells and methods interleaved in a shuffled order.",
+        f"{len({r['rep'] for r in results})} of {a.reps} repetitions done: that many fresh runs per cell and method, "
+        "cells and methods interleaved in a shuffled order.",
         "Workloads: tiny Llama forward (32 tokens) and `generate` of 8 tokens (prompt 32), 1 thread;",
         "the head is slowed by a forward hook that busy-waits the given fraction of each forward.",
         "busy = a busy-loop process per core during the cell. A run fails when pytest exits 1.",
