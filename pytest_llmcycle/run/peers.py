@@ -3,7 +3,7 @@
 The pytest process the user started is *head 0* and the coordinator. It starts K *base*
 processes (pytest in the base's tree, so the base's code is imported) and K *head* processes
 (pytest in this tree); K is ``--llmcycle-against-pairs``. Base i and head i form pair i. Head 0
-runs the test as the user sees it and takes a turn of its own in every cycle, but its numbers
+runs the test as the user sees it and takes its fewest rounds in turns of its own, but its numbers
 are not judged: it carries the terminal, the reports and the run's state, so it is not a
 process like the others, and a systematic difference there would read as a change. Each worker collects the
 timed test files, connects back over a local socket, and runs one test at a time when told to,
