@@ -86,7 +86,14 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_bad_file_or_loses_an_e
         assert p.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.12))  # a merge of this file takes ~10-40 ms
         p.send_signal(sig)
-        out, _ = p.communicate(timeout=20)
+        try:
+            out, _ = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            # seen once in CI under load: the writer went on after a SIGINT (Python drops a
+            # KeyboardInterrupt raised inside a destructor: "Exception ignored in ..."); a user
+            # presses Ctrl-C again. What it wrote meanwhile was acknowledged and is checked below.
+            p.send_signal(sig)
+            out, _ = p.communicate(timeout=20)  # all of its output: communicate() goes on where it stopped
         done = {int(x) for x in out.split() if x.isdigit()}
         acked |= done
         next_id += 100_000  # a fresh range: the id a kill interrupted is never written again
