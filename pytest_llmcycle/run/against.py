@@ -76,18 +76,7 @@ def turns(run: Any, nodeid: str, section: str, rounds: dict, cpu: dict | None = 
 
 def cpus(run: Any) -> tuple[int, ...] | None:
     """The CPUs every process of the run times on (chosen by head 0; None: not pinned)."""
-    if run.peers is not None:
-        return run.peers.cpus
-    got = getattr(run, "_against_cpus", False)
-    if got is False:
-        import json
-        import os
-
-        from .peers import ENV_SETTINGS
-
-        got = tuple(json.loads(os.environ.get(ENV_SETTINGS, "{}")).get("cpus") or ()) or None
-        run._against_cpus = got
-    return got
+    return (run.peers if run.peers is not None else run.peer).cpus
 
 
 def block_turn(run: Any, nodeid: str, name: str, rounds: dict, pinned: list) -> None:
@@ -187,12 +176,16 @@ def judge(coord: Any, nodeid: str, stage: str, section: str, mine: dict, rules: 
     pairs = [i for i in sorted(bases) if i in heads and _interleaved(bases[i], heads[i])]
     basis = pm.cpu_basis([x for i in pairs for x in round_shares(bases[i])]) if on_cpu else ""
 
-    def by_cpu(rec: dict) -> list[float]:
-        meds, shares = round_medians(rec), round_shares(rec)
-        return [m * s for m, s in zip(meds, shares)] if len(shares) == len(meds) else meds
+    meds = {(side, i): round_medians(recs[i]) for side, recs in (("base", bases), ("head", heads)) for i in pairs}
 
-    wall = tuple(tuple(pm.match_rounds(round_medians(bases[i]), round_medians(heads[i]))) for i in pairs)
-    log_ratios = tuple(tuple(pm.match_rounds(by_cpu(bases[i]), by_cpu(heads[i]))) for i in pairs) if basis else wall
+    def by_cpu(side: str, i: int, rec: dict) -> list[float]:
+        m, shares = meds[side, i], round_shares(rec)
+        return [x * s for x, s in zip(m, shares)] if len(shares) == len(m) else m
+
+    wall = tuple(tuple(pm.match_rounds(meds["base", i], meds["head", i])) for i in pairs)
+    log_ratios = tuple(
+        tuple(pm.match_rounds(by_cpu("base", i, bases[i]), by_cpu("head", i, heads[i]))) for i in pairs
+    ) if basis else wall
     unpaired = not any(log_ratios)
     baseline = vd.Evidence(base_ms, b0["unit"], b0["env"], b0["counters"])
     paired = vd.Paired(log_ratios, label, unpaired, basis=basis, wall_log_ratios=wall if basis else ())

@@ -468,14 +468,17 @@ class MainGate:
 class Peer:
     """A worker's side: the connection to head 0, and the turns of this process."""
 
-    def __init__(self, conn: Connection, role: str, index: int) -> None:
+    def __init__(self, conn: Connection, role: str, index: int, cpus: tuple[int, ...] | None = None) -> None:
         self.conn, self.role, self.index = conn, role, index
+        #: the CPUs head 0 chose for every process's timed sections (Coordinator.cpus)
+        self.cpus = cpus
 
     @classmethod
     def connect(cls, spec: str) -> "Peer":
         path, role, index = spec.rsplit("|", 2)
         key = bytes.fromhex(os.environ[ENV_KEY])
-        return cls(Client(path, family="AF_UNIX", authkey=key), role, int(index))
+        cpus = tuple(json.loads(os.environ.get(ENV_SETTINGS, "{}")).get("cpus") or ()) or None
+        return cls(Client(path, family="AF_UNIX", authkey=key), role, int(index), cpus)
 
     def turn(self, nodeid: str, section: str, kind: str = ROUND) -> int:
         self.conn.send(("ready", nodeid, section, kind))
