@@ -108,6 +108,10 @@ def test_license_urls_and_classifiers(dists, metadata):
     urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL"))
     assert {"Homepage", "Source", "Issues", "Changelog", "Documentation"} <= set(urls)
     assert all(u.startswith("https://") for u in urls.values())
+    # one repository, named for real: every project URL lies under Source, none is a placeholder
+    assert all(u.startswith(urls["Source"]) for u in urls.values())
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/pytest-llmcycle", urls["Source"])
+    assert not re.search(r"OWNER|USER|your-", urls["Source"])
     classifiers = metadata.get_all("Classifier")
     assert "Framework :: Pytest" in classifiers
     trove = pytest.importorskip("trove_classifiers", reason="trove-classifiers is not installed (it is in the test extra)")
@@ -146,8 +150,6 @@ def _github_anchors(doc: Path) -> Iterator[str]:
         yield slug if n == 0 else f"{slug}-{n}"
 
 
-@pytest.mark.xfail(strict=True, reason="README.md still links repository files by relative paths "
-                   "(issue 13: its maintainer makes them absolute; then remove this mark)")
 def test_readme_links_work_on_the_package_page(metadata):
     """The package page shows the README with relative links resolved against pypi.org: a link to
     a file of this repository must be absolute, and must lead to a file (and heading) that exists."""

@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,9 @@ def test_the_template_pins_what_the_example_baselines_were_recorded_with(templat
     assert env["TORCH_VERSION"] == _constraint("torch") and env["TRANSFORMERS_VERSION"] == _constraint("transformers")
     # from its repository, never a bare name an index would be asked for
     assert re.fullmatch(r"pytest-llmcycle @ git\+https://\S+", env["PYTEST_LLMCYCLE"])
+    # the repository the project's metadata names, so a copy installs what the README describes
+    source = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]["Source"]
+    assert env["PYTEST_LLMCYCLE"].split(" @ git+")[1].split("@")[0] == source
     installs = [_step(job, "Install")["run"] for job in template["jobs"].values()]
     assert len(installs) == 2 and installs[0] == installs[1], "both jobs install the same way"
     lines = installs[0].strip().splitlines()
