@@ -177,6 +177,15 @@ def stage_outcomes(report: Path) -> dict:
     return out
 
 
+def timed_part(report: Path) -> float | None:
+    """The run's timed part: the stages' ``section_s`` summed (each stage's timed sections, with
+    --llmcycle-against every process's turns until the base's records are in), from its JSON report."""
+    if not report.exists():
+        return None
+    xs = [row.get("section_s") for row in json.loads(report.read_text()).get("results", []) if row.get("kind") == "stage"]
+    return sum(x for x in xs if x) if any(xs) else None
+
+
 def method_args(method: str, threshold: float, budget: float) -> list[str]:
     common = [f"--llmcycle-threshold={threshold}", f"--llmcycle-budget={budget}"]
     if method == "against":
@@ -250,9 +259,11 @@ def main() -> None:
                     extra = [f"--llmcycle-report={report}"] if m != "pytest-benchmark" else []
                     rc, wall, calls = pytest_run(root, method_args(m, a.threshold, a.budget) + extra, junit)
                     stages = stage_outcomes(report)
+                    timed = timed_part(report)
                     results.append(dict(rep=rep, slow=slow, load=ld, method=m, rc=rc, wall=wall, calls=calls, loadavg=before,
-                                        stages=stages))
-                    print(f"rep {rep} {ld:5} +{slow:.0%} {m:16} rc={rc} wall={wall:.1f}s calls={calls:.1f}s load {before}", flush=True)
+                                        stages=stages, timed=timed))
+                    print(f"rep {rep} {ld:5} +{slow:.0%} {m:16} rc={rc} wall={wall:.1f}s calls={calls:.1f}s "
+                          f"timed={timed if timed is None else round(timed, 2)}s load {before}", flush=True)
             finally:
                 if busy:
                     busy.__exit__()
@@ -289,15 +300,22 @@ def write(a, results: list[dict], started: str) -> None:
                 word = "false failures" if s == 0 else "caught"
                 cells.append(f"{fails}/{len(rs)} {word}" + (f" ({errs} errors)" if errs else ""))
             lines.append(f"| {ld} | +{s:.0%} | " + " | ".join(cells) + " |")
-    lines += ["", "Time per run (median, seconds; `calls` = the tests' call phases from JUnit, i.e. the timed part):", "",
-              "| method | load | wall | calls |", "|---|---|---|---|"]
+    lines += ["", "Time per run (median, seconds): `calls` = the tests' call phases from JUnit (with --llmcycle-against "
+              "they include starting the base and head processes and their fixtures); `timed` = the stages' `section_s` "
+              "from the JSON report (each stage's cold call, calibration, warm-up, rounds, re-measure and machine check; "
+              "with --llmcycle-against every process's turns from the first until the base's records are in):", "",
+              "| method | load | wall | calls | timed | timed / committed's |", "|---|---|---|---|---|---|"]
     for m in METHODS:
         for ld in LOADS:
             rs = [r for r in results if r["method"] == m and r["load"] == ld]
             if rs:
+                timed = [r["timed"] for r in rs if r.get("timed")]
+                base = [r["timed"] for r in results if r["method"] == "committed" and r["load"] == ld and r.get("timed")]
+                rel = f"{statistics.median(timed) / statistics.median(base):.2f}x" if timed and base else "-"
                 lines.append(f"| {m} | {ld} | {statistics.median(r['wall'] for r in rs):.1f} "
                              f"({min(r['wall'] for r in rs):.1f}-{max(r['wall'] for r in rs):.1f}) | "
-                             f"{statistics.median(r['calls'] for r in rs):.2f} |")
+                             f"{statistics.median(r['calls'] for r in rs):.2f} | "
+                             + (f"{statistics.median(timed):.2f} ({min(timed):.2f}-{max(timed):.2f}) | {rel} |" if timed else "- | - |"))
     aa = [r["stages"][st] for r in results if r["method"] == "against" and r["slow"] == 0 for st in r["stages"]]
     ratios = sorted(x[1] for x in aa if x[1])
     if ratios:

@@ -7,6 +7,7 @@ the benchmark's job (bench/against.py), not these tests'.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,7 +110,7 @@ def test_head_against_its_base_revision(tmp_path: Path) -> None:
     (tmp_path / "tests" / "test_lat.py").write_text(TEST_HEAD)
     report = tmp_path / "out" / "report.md"
     r = run_pytest(tmp_path, "--llmcycle-against", "HEAD", "--llmcycle-budget", "0.3", "--llmcycle-threshold", "0.3",
-                   "-rA", f"--llmcycle-report={report}")
+                   "-rA", f"--llmcycle-report={report}", f"--llmcycle-report={report.with_suffix('.json')}")
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     label = f"HEAD @ {sha[:7]}"
@@ -130,6 +131,11 @@ def test_head_against_its_base_revision(tmp_path: Path) -> None:
     assert "PASSED tests/test_lat.py::test_untimed" in out
     md = report.read_text()
     assert f"this pull request against its base `{label}`" in md
+    # what timing a paired stage cost: every process's turns, so more than head 0's own measurement
+    doc = {(x["stage"], x["kind"]): x for x in json.loads(report.with_suffix(".json").read_text())["results"]}
+    for stage in ("work", "steady"):
+        row = doc[(stage, "stage")]
+        assert row["section_s"] is not None and row["section_s"] >= row["spent_s"] > 0, row
     assert "removed" in md
     # the worktree is cached by commit inside the git directory, and registered with git
     cached = tmp_path / ".git" / "llmcycle" / "worktrees" / sha

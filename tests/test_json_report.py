@@ -243,3 +243,27 @@ def test_a_run_in_a_clean_checkout_reports_it_clean_and_an_edit_dirty(pytester, 
     assert meta["commit"] == head and meta["dirty"] is True
     html = (pytester.path / "out" / "r.html").read_text(encoding="utf-8")
     assert "<th>dirty</th><td>True</td>" in html  # the HTML's environment table shows it too
+
+
+TWO = """
+def test_two(llmcycle, clock):
+    llmcycle.measure("prefill", clock.work(2.0, "prefill"))
+    llmcycle.measure("decode", clock.work(1.0, "decode"))
+"""
+
+
+def test_each_stage_says_what_timing_it_cost(pytester):
+    """``section_s``: the wall time of a stage's timed section (cold call, calibration, warm-up,
+    rounds), measured on the real clock whatever clock times the stage, once per stage."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini(INI)
+    pytester.makepyfile(test_model=TWO)
+    for extra in (("--llmcycle-update",), ()):
+        result = pytester.runpytest(*extra, "--llmcycle-report", "r.json")
+        assert result.ret == 0, result.stdout.str()
+        rows = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))["results"]
+        stages = {r["stage"]: r for r in rows if r["kind"] == "stage"}
+        assert set(stages) == {"prefill", "decode"}
+        for r in stages.values():
+            assert isinstance(r["section_s"], float) and 0 < r["section_s"] < 60, r
+        assert all(r["section_s"] is None for r in rows if r["kind"] != "stage")  # cold rows and the cycle: not sections

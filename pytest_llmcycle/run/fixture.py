@@ -188,6 +188,8 @@ class LLMCycle:
         #: the undo of pinning this process's CPUs for stage blocks (--llmcycle-against), at finish
         self._pinned: list = []
         self._last_section = ""
+        #: wall ns spent in each timed section (the lock's wait left out), charged to its first stage stored
+        self._section_ns: dict[str, int] = {}
         #: --llmcycle-against: (base median ms, paired estimate) of each judged stage, for the cycle
         self._paired: dict[str, tuple] = {}
         #: the LLM helpers, recording through this object (see the section at the end)
@@ -285,12 +287,14 @@ class LLMCycle:
         sync = devmod.synchronizer(self._run.device)
         started = self._block_started.setdefault(name, time.monotonic())
         with self._lock(), pinned_threads(self.threads):
+            t_in = time.perf_counter_ns()
             against.block_turn(self._run, self.nodeid, name, self._rounds, self._pinned)
             sync()
             t0 = self.clock()
             yield
             sync()
             elapsed = self.clock() - t0
+            self._charge(name, time.perf_counter_ns() - t_in)
         # A block shorter than the clock's tick reads as 0 ns; stored as 0 it would make the
         # baseline file invalid (times must be positive), so count it as one tick.
         self._blocks.setdefault(name, []).append(float(max(elapsed, 1)))
@@ -316,9 +320,13 @@ class LLMCycle:
             self._progress.starting(self.nodeid, stage, self.settings.budget_s)
         t0 = self.clock()
         with self._lock(), pinned_threads(self.threads), StageDeadline(stage, limit) as deadline:
-            with against.turns(self._run, self.nodeid, stage, self._rounds, self._round_cpu):
-                self._last_section = stage
-                yield deadline
+            t_in = time.perf_counter_ns()
+            try:
+                with against.turns(self._run, self.nodeid, stage, self._rounds, self._round_cpu):
+                    self._last_section = stage
+                    yield deadline
+            finally:
+                self._charge(stage, time.perf_counter_ns() - t_in)
         if self._progress is not None:
             self._progress.finished(self.nodeid, stage, (self.clock() - t0) / 1e9)
 
@@ -366,14 +374,18 @@ class LLMCycle:
         v = vd.decide(case)
         while v.needs:  # the engine asks for a measured number; take it and ask again
             if v.needs == vd.NEEDS_MACHINE:
+                t_in = time.perf_counter_ns()
                 self._machine_factor = self._run.machine_factor(_sample_s(measurement), self.nodeid)
+                self._charge(stage, time.perf_counter_ns() - t_in)
                 case = replace(case, machine_factor=self._machine_factor, machine_checked=True)
             else:
                 assert remeasure is not None
                 remeasured = remeasure()
                 _check_measurement(stage, remeasured, "re-measure")
                 if s.machine_check:
+                    t_in = time.perf_counter_ns()
                     self._machine_factor = self._run.machine_factor(_sample_s(remeasured), self.nodeid)
+                    self._charge(stage, time.perf_counter_ns() - t_in)
                 final, final_ms = remeasured, ns_to_ms(remeasured.samples_ns)
                 case = replace(
                     case, remeasured=replace(case.current, samples_ms=final_ms), remeasured_machine_factor=self._machine_factor,
@@ -434,6 +446,11 @@ class LLMCycle:
         if got.estimate is not None and got.entry is not None:
             self._paired[stage] = (got.entry.median_ms, got.estimate)
         cur = ns_to_ms(got.head_samples_ns)
+        # the section's cost is every process's turns (the base's records are in), not head 0's own
+        span = self._run.peers.section_span(self.nodeid, section)
+        self._section_ns.pop(section, None)
+        if span is not None:
+            self._section_ns[stage] = int(span * 1e9)
         return self._store(stage, m, cur, got.entry, env, got.verdict, m, None, weight, counters)
 
     def _counters_baseline(self, stage: str, env: dict) -> tuple[str, Entry] | None:
@@ -489,6 +506,7 @@ class LLMCycle:
             cold_ms=e.cold_ms,
             remeasure_median_ms=(remeasured.median_ns / 1e6 if remeasured else None),
             spent_s=first.spent_s + (remeasured.spent_s if remeasured else 0.0),
+            section_s=self._spent_section(stage),
             samples_ms=e.samples_ms,
             timeline_ms=tuple(final.extra.get("timeline_ms", ())),
             env=env,
@@ -499,6 +517,15 @@ class LLMCycle:
         self._final_samples[stage] = samples
         self._entries.append((stage, e))
         return r
+
+    def _charge(self, section: str, ns: int) -> None:
+        self._section_ns[section] = self._section_ns.get(section, 0) + ns
+
+    def _spent_section(self, stage: str) -> float | None:
+        """Seconds the stage's timed section cost, once: a second stage of the same section
+        (one ``generate`` gives prefill and decode) gets None."""
+        ns = self._section_ns.pop(stage if stage in self._section_ns else self._last_section, None)
+        return None if ns is None else ns / 1e9
 
     def _finish_blocks(self) -> None:
         rules = self._rules(vd.CONFIRM_HALVES)
@@ -593,6 +620,7 @@ class LLMCycle:
                         median_ms=r.cold_ms,
                         baseline=None,
                         n=1,
+                        section_s=None,  # its stage's row carries the section's cost
                     )
                 )
         if s.update and not test_failed:

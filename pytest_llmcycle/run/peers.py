@@ -136,6 +136,8 @@ class Coordinator:
         #: elsewhere (a stage only the base has, before it) catch up; see _pick
         self._started: set = set()
         self._schedules: dict[tuple, _Schedule] = {}
+        #: (nodeid, section) -> when its first turn was granted (time.monotonic): the section's cost
+        self._first_grant: dict[tuple, float] = {}
         #: head 0's last timed section: the workers still timing it get their remaining turns
         self._active: tuple | None = None
         #: nodeid -> sections only the base reached (skipped there), for the report
@@ -295,6 +297,12 @@ class Coordinator:
         self.me.state = FREE
         return {(w.role, w.index): w.records[key] for w in self.workers if key in w.records}
 
+    def section_span(self, nodeid: str, section: str) -> float | None:
+        """Seconds from the first turn granted in ``section`` to now (call it once its records
+        are in): what timing it cost, every process's turns together; None after the first call."""
+        t0 = self._first_grant.pop((nodeid, section), None)
+        return None if t0 is None else time.monotonic() - t0
+
     # ------------------------------------------------------------------ the loop
     def _live(self) -> list[Participant]:
         return [w for w in self.workers if w.state != GONE]
@@ -359,6 +367,8 @@ class Coordinator:
                         p.state = FREE
                 continue
             self._turn += 1
+            if p.key is not None:
+                self._first_grant.setdefault(p.key, time.monotonic())
             if p is self.me:
                 self._granted = True
                 self._started.add(self.me.key)

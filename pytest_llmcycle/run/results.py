@@ -53,6 +53,10 @@ class StageResult:
     cold_ms: float | None = None
     remeasure_median_ms: float | None = None
     spent_s: float = 0.0
+    #: wall seconds timing this stage cost: its timed sections (cold call, calibration, warm-up,
+    #: rounds, a re-measure, the machine check); with --llmcycle-against, every process's turns
+    #: from the first to the base's records (None: not known, e.g. a second stage of one section)
+    section_s: float | None = None
     #: this run's stored samples (thinned, sorted), as an ``array('d')`` (see :func:`_compact`)
     samples_ms: Sequence[float] = ()
     #: per-token stages: the median time of each token position, in generation order
@@ -105,6 +109,7 @@ class StageResult:
             "cold_ms": self.cold_ms,
             "remeasure_median_ms": self.remeasure_median_ms,
             "spent_s": self.spent_s,
+            "section_s": self.section_s,
             "samples_ms": list(self.samples_ms) if samples else [],
             "timeline_ms": list(self.timeline_ms),
             "env": dict(self.env),
