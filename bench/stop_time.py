@@ -20,6 +20,7 @@ Run:  .venv/bin/python bench/stop_time.py [--rounds 8] [--tokens 16] [--out benc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -111,13 +112,24 @@ def main() -> int:
     }
     spent: dict[str, list[float]] = {k: [] for k in runs}
     failed = {k: 0 for k in runs}
+    # each pytest-llmcycle run's verdict: (call s, outcome, change, machine factor), to tell a run
+    # that settled from one whose process read far from the recording
+    verdicts: dict[str, list[tuple]] = {k: [] for k in runs if "llmcycle" in k}
+    report = work / "report.json"
     for i in range(args.rounds):
         for name, cmd in runs.items():
+            if name in verdicts:
+                report.unlink(missing_ok=True)
+                cmd = cmd + [f"--llmcycle-report={report}"]
             r = run(cmd)
             failed[name] += r.returncode != 0 or "Performance has regressed" in (r.stdout + r.stderr)
             s = call_seconds(r.stdout, "test_llmcycle_forward" if "llmcycle" in name else "test_benchmark_forward")
             if s is not None:
                 spent[name].append(s)
+            if name in verdicts and report.exists():
+                row = next(x for x in json.loads(report.read_text())["results"] if x["kind"] == "stage")
+                v = row["verdict"]
+                verdicts[name].append((s, v["outcome"], v.get("change"), v.get("machine_factor")))
         print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{k}: {v[-1] if v else '-'} s" for k, v in spent.items()), flush=True)
 
     lines = [
@@ -132,6 +144,13 @@ def main() -> int:
     ]
     for name in runs:
         lines.append(f"| {name} | {stat(spent[name])} | {failed[name]}/{args.rounds} |")
+    for name, vs in verdicts.items():
+        lines += ["", f"{name}, each run: call phase, verdict, change against the recording"
+                  " (machine factor where the check ran):", ""]
+        lines.append("; ".join(
+            f"{s} s {o} {c:+.1%}" + (f" (machine {f:.2f}x)" if f else "") if c is not None else f"{s} s {o}"
+            for s, o, c, f in vs
+        ))
     text = "\n".join(lines)
     print(text)
     if args.out:
